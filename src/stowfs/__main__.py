@@ -1,0 +1,3 @@
+from stowfs.cli import main
+
+main()

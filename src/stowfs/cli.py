@@ -1,0 +1,148 @@
+"""The one `stowfs` command. Errors print one line and exit non-zero, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from . import paths
+from .errors import StowfsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn stowfs errors and OS errors into one line on stderr and exit code 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (StowfsError, OSError) as exc:
+            click.echo(f"stowfs: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def main(verbose: int) -> None:
+    """Mount and sync the file storage of AI generation platforms."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _parse_rate(value: str | None) -> Any:
+    from .server.config import RateLimit
+
+    if value is None:
+        return None
+    count, _, window = value.partition("/")
+    try:
+        return RateLimit(int(count), float(window or 60))
+    except ValueError:
+        raise click.BadParameter(f"expected REQUESTS[/SECONDS], got {value!r}") from None
+
+
+DATA_OPTION = click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Server data directory (default: the embedded store's, under the XDG data dir).",
+)
+
+
+@main.command()
+@DATA_OPTION
+@click.option(
+    "--listen",
+    default="127.0.0.1:8750",
+    show_default=True,
+    help="HOST:PORT; port 0 picks a free one.",
+)
+@click.option(
+    "--public-url", default=None, help="Base URL for signed URLs (default: the request's Host)."
+)
+@click.option("--rate-limit", default=None, help="Per-key limit, REQUESTS/SECONDS (default: off).")
+@click.option(
+    "--sweep-interval", default=60.0, show_default=True, help="Seconds between clean-ups."
+)
+@friendly
+def serve(
+    data: Path | None,
+    listen: str,
+    public_url: str | None,
+    rate_limit: str | None,
+    sweep_interval: float,
+) -> None:
+    """Run the reference storage server; prints its base URL once it accepts connections."""
+    from .server.config import ServerConfig
+    from .server.serve import bind
+    from .server.serve import serve as run_server
+
+    host, port = _parse_listen(listen)
+    config = ServerConfig(
+        data_dir=(data or paths.local_server_dir()).resolve(),
+        public_url=public_url.rstrip("/") if public_url else None,
+        rate_limit=_parse_rate(rate_limit),
+        sweep_interval=sweep_interval,
+    )
+    sock = bind(host, port)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(run_server, config, sock)
+            click.echo(url)
+            sys.stdout.flush()
+
+    trio.run(run)
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the reference server."""
+
+
+@keys.command("create")
+@DATA_OPTION
+@click.option("--team", required=True, help="Team name (created if new).")
+@click.option(
+    "--plan",
+    type=click.Choice(["free", "pro", "business", "enterprise"]),
+    default="free",
+    show_default=True,
+)
+@click.option("--user", default=None, help="User id recorded with the key.")
+@friendly
+def keys_create(data: Path | None, team: str, plan: str, user: str | None) -> None:
+    """Create a key for TEAM and print it (and nothing else) on stdout."""
+    from .server.auth import create_key
+    from .server.db import connect, init_schema, transaction
+
+    root = (data or paths.local_server_dir()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    init_schema(root / "meta.db")
+    conn = connect(root / "meta.db")
+    try:
+        key = transaction(conn, lambda c: create_key(c, team, plan, user))
+    finally:
+        conn.close()
+    click.echo(key)

@@ -1,0 +1,1 @@
+"""The reference storage server: the seed protocols over ASGI (hypercorn + trio)."""

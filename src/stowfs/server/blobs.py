@@ -1,0 +1,131 @@
+"""Object bytes on local disk, written atomically: temp file, fsync, rename.
+
+Bytes are first received into a temp file (`Received`); the metadata transaction
+that makes the object visible publishes it with a rename. A crash leaves at
+worst an orphan temp file (swept later), never a partial object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+from .errors import APIError
+
+COPY_CHUNK = 4 * 1024 * 1024
+
+
+class TooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Received:
+    """Bytes received into a temp file, not yet visible."""
+
+    path: Path
+    size: int
+    md5: str
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.objects = root / "objects"
+        self.parts = root / "parts"
+        for d in (self.tmp, self.objects, self.parts):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def path(self, file_id: str) -> Path:
+        return self.objects / file_id[:2] / file_id
+
+    def part_path(self, upload_id: str, part_number: int) -> Path:
+        return self.parts / upload_id / f"{part_number:05d}"
+
+    def new_temp(self) -> Path:
+        return self.tmp / f"{secrets.token_hex(12)}.part"
+
+    async def receive_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> Received:
+        """Stream a request body into a temp file. Raises TooLarge past `max_bytes`."""
+        tmp = self.new_temp()
+        md5 = hashlib.md5(usedforsecurity=False)
+        size = 0
+        try:
+            f = await trio.to_thread.run_sync(open_new, tmp)
+            with f:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TooLarge  # noqa: TRY301
+                    md5.update(chunk)
+                    await trio.to_thread.run_sync(f.write, chunk)
+                await trio.to_thread.run_sync(os.fsync, f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return Received(tmp, size, md5.hexdigest())
+
+    async def receive_file(self, source: BinaryIO) -> Received:
+        """Copy a spooled form upload into a temp file."""
+        return await trio.to_thread.run_sync(self._copy_in, [source])
+
+    async def concat(self, sources: list[Path]) -> Received:
+        """Join multipart parts into one temp file."""
+
+        def run() -> Received:
+            handles: list[BinaryIO] = [open(p, "rb") for p in sources]  # noqa: SIM115
+            try:
+                return self._copy_in(handles)
+            finally:
+                for h in handles:
+                    h.close()
+
+        return await trio.to_thread.run_sync(run)
+
+    def _copy_in(self, sources: list[BinaryIO]) -> Received:
+        tmp = self.new_temp()
+        md5 = hashlib.md5(usedforsecurity=False)
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                for src in sources:
+                    src.seek(0)
+                    while chunk := src.read(COPY_CHUNK):
+                        md5.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return Received(tmp, size, md5.hexdigest())
+
+    def remove(self, file_id: str) -> None:
+        self.path(file_id).unlink(missing_ok=True)
+
+
+def open_new(path: Path) -> BinaryIO:
+    return open(path, "wb", buffering=0)
+
+
+def publish(tmp: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, dest)
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(413, "TOO_LARGE", f"file exceeds the limit of {limit} bytes", limit_bytes=limit)

@@ -1,0 +1,111 @@
+"""The presigned POST target (`upload_url` of the storage dialect): checks the policy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.responses import Response
+
+from . import files, imaging
+from .auth import Principal
+from .blobs import TooLarge, too_large
+from .config import PLANS
+from .errors import APIError, bad_request, forbidden
+from .state import ServerState, StateDep
+from .timeutil import parse_iso
+
+router = APIRouter(prefix="/v1")
+
+_FORM_OVERHEAD = 64 * 1024  # boundaries and the other fields, beyond the file itself
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge
+        yield chunk
+
+
+def _check_policy(policy: dict[str, Any], fields: dict[str, str]) -> tuple[str, int, int]:
+    """Every condition must hold; returns (key, min, max) of the signed policy."""
+    try:
+        if parse_iso(str(policy["expiration"])) < time.time():
+            raise forbidden("the upload policy has expired", code="EXPIRED")
+        key, low, high = "", 0, 0
+        for cond in policy["conditions"]:
+            if isinstance(cond, list) and cond[0] == "content-length-range":
+                low, high = int(cond[1]), int(cond[2])
+                continue
+            for name, value in cond.items():
+                if fields.get(name) != value:
+                    raise forbidden(f"policy condition failed: {name}", code="POLICY_MISMATCH")
+                if name == "key":
+                    key = value
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise forbidden("malformed upload policy", code="INVALID_POLICY") from exc
+    if not key:
+        raise forbidden("policy names no key", code="INVALID_POLICY")
+    return key, low, high
+
+
+@router.post("/upload", include_in_schema=False)
+async def presigned_post(request: Request, state: StateDep) -> Response:
+    limit = state.config.post_max_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
+        raise too_large(limit)
+    parser = MultiPartParser(
+        request.headers, _limited(request.stream(), limit + _FORM_OVERHEAD), max_fields=64
+    )
+    try:
+        form = await parser.parse()
+    except TooLarge:
+        raise too_large(limit) from None
+    except MultiPartException as exc:
+        raise bad_request(f"malformed form: {exc.message}") from exc
+    try:
+        items = list(form.multi_items())
+        if not items or items[-1][0] != "file" or not isinstance(items[-1][1], UploadFile):
+            raise bad_request("the form must end with the `file` field", code="FILE_NOT_LAST")
+        fields = {k: v for k, v in items[:-1] if isinstance(v, str)}
+        upload = items[-1][1]
+        assert isinstance(upload, UploadFile)
+        policy = state.signer.decode_policy(
+            fields.get("policy", ""), fields.get("x-stowfs-signature", "")
+        )
+        if policy is None:
+            raise forbidden("signature does not match the policy", code="SIGNATURE_MISMATCH")
+        key, low, high = _check_policy(policy, fields)
+        size = upload.size or 0
+        if not low <= size <= high:
+            raise too_large(high) if size > high else bad_request("file is too small")
+        return await _finish(state, key, upload)
+    finally:
+        await form.close()
+
+
+async def _finish(state: ServerState, key: str, upload: UploadFile) -> Response:
+    row = await state.db.read(
+        lambda c: c.execute(
+            "SELECT f.*, t.plan FROM files f JOIN teams t ON t.id = f.team_id"
+            " WHERE f.object_key = ?",
+            (key,),
+        ).fetchone()
+    )
+    if row is None:
+        raise APIError(404, "NOT_FOUND", "the upload has expired or was aborted")
+    who = Principal(row["team_id"], row["user_id"], PLANS[row["plan"]], "")
+    received = await state.blobs.receive_file(upload.file)
+    try:
+        facts = await imaging.facts(received.path, row["content_type"])
+        await state.db.write(lambda c: files.store(c, who, state.blobs, row["id"], received, facts))
+    finally:
+        received.path.unlink(missing_ok=True)
+    return Response(status_code=204, headers={"ETag": f'"{received.md5}"'})

@@ -1,0 +1,27 @@
+"""Periodic clean-up: retention, expired image URLs, abandoned uploads, old feed rows."""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from . import files
+from .config import DAY, UPLOAD_URL_LIFETIME
+from .state import ServerState
+
+
+async def sweep_once(state: ServerState) -> int:
+    now = time.time()
+    gone = await state.write_then_remove(lambda c: files.sweep(c, now))
+    await state.db.write(
+        lambda c: files.prune_changes(c, now - state.config.change_retention_days * DAY)
+    )
+    await trio.to_thread.run_sync(files.cleanup_temp, state.blobs, now - UPLOAD_URL_LIFETIME)
+    return len(gone)
+
+
+async def run(state: ServerState) -> None:
+    while True:
+        await sweep_once(state)
+        await trio.sleep(state.config.sweep_interval)

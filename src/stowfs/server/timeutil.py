@@ -1,0 +1,24 @@
+"""One timestamp format everywhere: ISO 8601 UTC with microseconds, so text order is time order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(value: str) -> float:
+    """Parse an ISO 8601 date or datetime; naive values are UTC. Raises ValueError."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def normalize_iso(value: str) -> str:
+    return iso(parse_iso(value))
