@@ -146,3 +146,15 @@ def keys_create(data: Path | None, team: str, plan: str, user: str | None) -> No
     finally:
         conn.close()
     click.echo(key)
+
+
+def _register() -> None:
+    """Subcommand groups live in their own modules (cli_*.py)."""
+    from .cli_mount import COMMANDS as mount_commands
+    from .cli_remote import COMMANDS as remote_commands
+
+    for command in (*remote_commands, *mount_commands):
+        main.add_command(command)
+
+
+_register()
