@@ -14,6 +14,7 @@ import trio
 
 from . import paths
 from .errors import StowfsError
+from .sdnotify import notify
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,6 +113,7 @@ def serve(
             url = await nursery.start(run_server, config, sock)
             click.echo(url)
             sys.stdout.flush()
+            notify(f"READY=1\nSTATUS=serving {url}")
 
     trio.run(run)
 

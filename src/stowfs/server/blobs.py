@@ -10,14 +10,19 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import trio
+from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
 
-from .errors import APIError
+from .errors import APIError, bad_request
+from .parse import parse_uint
 
 COPY_CHUNK = 4 * 1024 * 1024
 
@@ -112,6 +117,9 @@ class BlobStore:
     def remove(self, file_id: str) -> None:
         self.path(file_id).unlink(missing_ok=True)
 
+    def remove_parts(self, upload_id: str) -> None:
+        shutil.rmtree(self.parts / upload_id, ignore_errors=True)
+
 
 def open_new(path: Path) -> BinaryIO:
     return open(path, "wb", buffering=0)
@@ -129,3 +137,38 @@ def publish(tmp: Path, dest: Path) -> None:
 
 def too_large(limit: int) -> APIError:
     return APIError(413, "TOO_LARGE", f"file exceeds the limit of {limit} bytes", limit_bytes=limit)
+
+
+FORM_OVERHEAD = 64 * 1024  # boundaries and the other fields, beyond the file itself
+
+
+async def limited(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncGenerator[bytes, None]:
+    """Pass `chunks` through; raises TooLarge past `max_bytes`."""
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise TooLarge
+        yield chunk
+
+
+async def read_form(request: Request, file_limit: int) -> FormData:
+    """Parse a multipart form holding a file of up to `file_limit` bytes.
+
+    413 early from a declared Content-Length, else once the stream passes the
+    limit; 400 if malformed. The file parts spool to disk; close the form after.
+    """
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        # Starlette's parser would fail with a KeyError (a 500) without the header.
+        raise bad_request("expected a multipart/form-data body")
+    limit = file_limit + FORM_OVERHEAD
+    declared = parse_uint(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
+        raise too_large(file_limit)
+    parser = MultiPartParser(request.headers, limited(request.stream(), limit), max_fields=64)
+    try:
+        return await parser.parse()
+    except TooLarge:
+        raise too_large(file_limit) from None
+    except MultiPartException as exc:
+        raise bad_request(f"malformed form: {exc.message}") from exc

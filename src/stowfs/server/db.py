@@ -18,6 +18,10 @@ attrs(file_id -> files.id, team_id, name, vtext, vnum)
     The search index of metadata: one row per (field, scalar value) of a stored
     file; array values give one row per element. Strings and booleans in vtext,
     numbers in vnum, so equality and ranges use an index, never a scan.
+    Indexes: attrs_text (team_id, name, vtext, file_id) and attrs_num (team_id,
+    name, vnum, file_id) answer filters and distinct values; attrs_sort (file_id,
+    name, vnum, vtext) gives one file's value of a field, covering, for sorting
+    by a metadata field (and serves deletes by file_id).
 fts(filename, prompt, negative_prompt)
     FTS5 trigram index, rowid = files.id: case-insensitive substring search.
 folders(team_id, path, created_at)
@@ -97,7 +101,7 @@ CREATE TABLE IF NOT EXISTS attrs (
 );
 CREATE INDEX IF NOT EXISTS attrs_text ON attrs(team_id, name, vtext, file_id);
 CREATE INDEX IF NOT EXISTS attrs_num ON attrs(team_id, name, vnum, file_id);
-CREATE INDEX IF NOT EXISTS attrs_file ON attrs(file_id);
+CREATE INDEX IF NOT EXISTS attrs_sort ON attrs(file_id, name, vnum, vtext);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
     filename, prompt, negative_prompt, tokenize = 'trigram'
 );

@@ -91,6 +91,15 @@ def install_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    async def on_bad_text(_: Request, exc: Exception) -> JSONResponse:
+        # Lone surrogates in JSON strings, or integers beyond SQLite's 64 bits.
+        return JSONResponse(
+            error_body("INVALID_REQUEST", f"unusable value in the request: {type(exc).__name__}"),
+            status_code=400,
+        )
+
     app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(UnicodeEncodeError, on_bad_text)
+    app.add_exception_handler(OverflowError, on_bad_text)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -132,7 +132,11 @@ def _type_ok(field: Field, value: Any) -> bool:
 
 
 def metadata_size(metadata: dict[str, Any]) -> int:
-    return len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        raise bad_request("metadata must be valid Unicode text", code="INVALID_METADATA") from None
 
 
 def check_writable(keys: list[str]) -> None:

@@ -7,21 +7,26 @@ with many concurrent requests and processes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import mimetypes
 import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from . import imaging
 from .auth import Principal
 from .blobs import BlobStore, Received, publish
-from .config import DAY, IMAGE_URL_LIFETIME, UPLOAD_URL_LIFETIME
+from .config import DAY, IMAGE_URL_LIFETIME, PLANS, UPLOAD_URL_LIFETIME
+from .db import Database
 from .errors import APIError, not_found
 from .fields import TEXT_FIELDS, check_writable, index_rows, merge_patch, validate_metadata
 from .names import ancestors, subtree_bounds
+from .parse import parse_uint
 from .records import bare_record, metadata_of
 from .timeutil import iso, parse_iso
 
@@ -314,7 +319,7 @@ def move(
 ) -> sqlite3.Row:
     row = get_row(conn, who.team_id, object_key)
     ms_text = row["object_key"].rsplit("/", 1)[-1].split("_", 1)[0]
-    ms = int(ms_text) if ms_text.isdigit() else int(time.time() * 1000)
+    ms = parse_uint(ms_text) or int(time.time() * 1000)
     new_key = _unique_key(conn, who.team_id, folder, filename, ms)
     record_file_change(conn, row, "delete")
     conn.execute(
@@ -450,12 +455,10 @@ def changes(
     latest = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
     if cursor == "latest":
         return {"changes": [], "cursor": str(latest), "has_more": False}
-    if cursor is None or cursor == "":
-        after = 0
-    elif cursor.isdigit():
-        after = int(cursor)
-    else:
+    parsed = parse_uint(cursor or "0")
+    if parsed is None:
         raise APIError(400, "INVALID_CURSOR", f"invalid cursor {cursor!r}")
+    after = parsed
     floor_row = conn.execute("SELECT value FROM kv WHERE key = ?", (CHANGES_FLOOR,)).fetchone()
     if floor_row is not None and after < int(floor_row[0]):
         raise APIError(410, "CURSOR_EXPIRED", "cursor is older than the kept history; relist")
@@ -509,3 +512,187 @@ def cleanup_temp(blobs: BlobStore, older_than: float) -> None:
     for entry in os.scandir(blobs.tmp):
         if entry.stat().st_mtime < older_than:
             Path(entry.path).unlink(missing_ok=True)
+
+
+T = TypeVar("T")
+
+
+def owner(conn: sqlite3.Connection, row: sqlite3.Row) -> Principal:
+    """The uploader of a file row: signed upload URLs carry no API key."""
+    plan = conn.execute("SELECT plan FROM teams WHERE id = ?", (row["team_id"],)).fetchone()[0]
+    return Principal(row["team_id"], row["user_id"], PLANS[plan], "")
+
+
+async def publish_upload(
+    db: Database,
+    received: Received,
+    content_type: str,
+    commit: Callable[[sqlite3.Connection, dict[str, Any]], T],
+) -> T:
+    """Run `commit(conn, image facts)` in a write transaction (it calls `store`).
+
+    The temp file is consumed either way: published by the commit, else removed.
+    """
+    try:
+        facts = await imaging.facts(received.path, content_type)
+        return await db.write(lambda c: commit(c, facts))
+    finally:
+        received.path.unlink(missing_ok=True)
+
+
+# Multipart uploads (presign dialect). The pending files row is created at
+# initiate; `multipart` links it to the upload id, `parts` records every part
+# received. After complete the multipart row stays until it expires, so that a
+# retried complete answers the same object instead of failing.
+
+
+def open_multipart(conn: sqlite3.Connection, row: sqlite3.Row) -> str:
+    """Start a multipart upload for a pending row; it expires with the row."""
+    upload_id = secrets.token_hex(16)
+    conn.execute(
+        "INSERT INTO multipart (upload_id, team_id, file_row, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (upload_id, row["team_id"], row["id"], row["created_at"], row["delete_after"]),
+    )
+    return upload_id
+
+
+def no_such_upload(upload_id: str) -> APIError:
+    return APIError(404, "NO_SUCH_UPLOAD", f"no multipart upload {upload_id!r}")
+
+
+def find_upload(
+    conn: sqlite3.Connection, upload_id: str, team_id: str | None = None
+) -> sqlite3.Row:
+    """The upload joined with its files row (pending or, once completed, stored).
+
+    Unknown, expired and other teams' uploads all answer 404 alike.
+    """
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT m.upload_id, m.expires_at, f.* FROM multipart m JOIN files f ON f.id = m.file_row"
+        " WHERE m.upload_id = ? AND m.expires_at >= ?",
+        (upload_id, time.time()),
+    ).fetchone()
+    if row is None or (team_id is not None and row["team_id"] != team_id):
+        raise no_such_upload(upload_id)
+    return row
+
+
+def open_upload(
+    conn: sqlite3.Connection, upload_id: str, team_id: str | None = None
+) -> sqlite3.Row:
+    """An upload still accepting parts (not completed)."""
+    row = find_upload(conn, upload_id, team_id)
+    if row["state"] != "pending":
+        raise APIError(404, "NO_SUCH_UPLOAD", f"multipart upload {upload_id!r} is completed")
+    return row
+
+
+def save_part(
+    conn: sqlite3.Connection,
+    blobs: BlobStore,
+    upload_id: str,
+    part_number: int,
+    received: Received,
+) -> None:
+    """Record a part and publish its bytes in one transaction, so the recorded ETag
+    always describes the file on disk even when the same part is sent twice at once."""
+    open_upload(conn, upload_id)
+    conn.execute(
+        "INSERT INTO parts (upload_id, part_number, etag, size) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(upload_id, part_number) DO UPDATE SET etag = excluded.etag,"
+        " size = excluded.size",
+        (upload_id, part_number, received.md5, received.size),
+    )
+    publish(received.path, blobs.part_path(upload_id, part_number))
+
+
+def check_parts(
+    conn: sqlite3.Connection, upload_id: str, listed: list[tuple[int, str]], min_size: int
+) -> int:
+    """Validate a complete request's (part number, ETag) list; returns the total size."""
+    if not listed:
+        raise APIError(400, "INVALID_PART", "the part list is empty")
+    numbers = [n for n, _ in listed]
+    if any(b <= a for a, b in itertools.pairwise(numbers)):
+        raise APIError(400, "INVALID_PART_ORDER", "parts must be listed in ascending order")
+    stored = {
+        r["part_number"]: r
+        for r in conn.execute(
+            "SELECT part_number, etag, size FROM parts WHERE upload_id = ?", (upload_id,)
+        )
+    }
+    for number, etag in listed:
+        if number not in stored or stored[number]["etag"] != etag:
+            raise APIError(
+                400,
+                "INVALID_PART",
+                f"part {number} was not uploaded or its ETag does not match",
+                part_number=number,
+            )
+    for number, _ in listed[:-1]:
+        if stored[number]["size"] < min_size:
+            raise APIError(
+                400,
+                "ENTITY_TOO_SMALL",
+                f"part {number} has {stored[number]['size']} bytes; all parts but the last"
+                f" need at least {min_size}",
+                part_number=number,
+                min_size=min_size,
+            )
+    return sum(int(stored[number]["size"]) for number, _ in listed)
+
+
+def complete_multipart(
+    conn: sqlite3.Connection,
+    who: Principal,
+    blobs: BlobStore,
+    upload_id: str,
+    listed: list[tuple[int, str]],
+    min_size: int,
+    received: Received,
+    facts: dict[str, Any],
+) -> sqlite3.Row:
+    """Publish the joined parts. The list is checked again here: a part replaced
+    while the parts were being joined changed its ETag, so it cannot slip through."""
+    upload = find_upload(conn, upload_id, who.team_id)
+    if upload["state"] == "stored":  # a concurrent complete won: same object
+        return by_id(conn, upload["id"])
+    check_parts(conn, upload_id, listed, min_size)
+    stored = store(conn, who, blobs, upload["id"], received, facts)
+    conn.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
+    return stored
+
+
+def abort_multipart(conn: sqlite3.Connection, team_id: str, upload_id: str) -> None:
+    upload = open_upload(conn, upload_id, team_id)
+    remove_row(conn, by_id(conn, upload["id"]))  # cascades to multipart and parts
+
+
+def sweep_multipart(conn: sqlite3.Connection, now: float) -> list[str]:
+    """Expired uploads: abandoned ones lose their pending row; returns their ids."""
+    expired = conn.execute(
+        "SELECT m.upload_id, m.file_row, f.state FROM multipart m"
+        " JOIN files f ON f.id = m.file_row WHERE m.expires_at < ?",
+        (now,),
+    ).fetchall()
+    for upload in expired:
+        if upload["state"] == "pending":
+            remove_row(conn, by_id(conn, upload["file_row"]))
+        else:
+            conn.execute("DELETE FROM multipart WHERE upload_id = ?", (upload["upload_id"],))
+    return [u["upload_id"] for u in expired]
+
+
+def multipart_ids(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT upload_id FROM multipart")}
+
+
+def cleanup_parts(blobs: BlobStore, known: set[str], older_than: float) -> None:
+    """Part directories of no known upload (a crash, a removed pending row).
+
+    The age limit spares uploads started after `known` was read.
+    """
+    for entry in os.scandir(blobs.parts):
+        if entry.name not in known and entry.stat().st_mtime < older_than:
+            blobs.remove_parts(entry.name)

@@ -9,7 +9,7 @@ MAX_FOLDER_PATH = 1024
 
 
 def _bad_chars(name: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in name)
+    return any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in name)
 
 
 def check_segment(name: str, what: str = "folder name") -> str:

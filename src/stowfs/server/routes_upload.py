@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response
 
-from . import files, imaging
+from . import files
 from .auth import Principal
-from .blobs import TooLarge, too_large
-from .config import PLANS
+from .blobs import read_form, too_large
 from .errors import APIError, bad_request, forbidden
 from .state import ServerState, StateDep
 from .timeutil import parse_iso
 
 router = APIRouter(prefix="/v1")
-
-_FORM_OVERHEAD = 64 * 1024  # boundaries and the other fields, beyond the file itself
-
-
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
-    total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge
-        yield chunk
 
 
 def _check_policy(policy: dict[str, Any], fields: dict[str, str]) -> tuple[str, int, int]:
@@ -57,19 +44,7 @@ def _check_policy(policy: dict[str, Any], fields: dict[str, str]) -> tuple[str, 
 
 @router.post("/upload", include_in_schema=False)
 async def presigned_post(request: Request, state: StateDep) -> Response:
-    limit = state.config.post_max_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
-        raise too_large(limit)
-    parser = MultiPartParser(
-        request.headers, _limited(request.stream(), limit + _FORM_OVERHEAD), max_fields=64
-    )
-    try:
-        form = await parser.parse()
-    except TooLarge:
-        raise too_large(limit) from None
-    except MultiPartException as exc:
-        raise bad_request(f"malformed form: {exc.message}") from exc
+    form = await read_form(request, state.config.post_max_bytes)
     try:
         items = list(form.multi_items())
         if not items or items[-1][0] != "file" or not isinstance(items[-1][1], UploadFile):
@@ -91,21 +66,21 @@ async def presigned_post(request: Request, state: StateDep) -> Response:
         await form.close()
 
 
+def _pending(conn: sqlite3.Connection, key: str) -> tuple[sqlite3.Row, Principal] | None:
+    row = conn.execute("SELECT * FROM files WHERE object_key = ?", (key,)).fetchone()
+    return None if row is None else (row, files.owner(conn, row))
+
+
 async def _finish(state: ServerState, key: str, upload: UploadFile) -> Response:
-    row = await state.db.read(
-        lambda c: c.execute(
-            "SELECT f.*, t.plan FROM files f JOIN teams t ON t.id = f.team_id"
-            " WHERE f.object_key = ?",
-            (key,),
-        ).fetchone()
-    )
-    if row is None:
+    found = await state.db.read(lambda c: _pending(c, key))
+    if found is None:
         raise APIError(404, "NOT_FOUND", "the upload has expired or was aborted")
-    who = Principal(row["team_id"], row["user_id"], PLANS[row["plan"]], "")
+    row, who = found
     received = await state.blobs.receive_file(upload.file)
-    try:
-        facts = await imaging.facts(received.path, row["content_type"])
-        await state.db.write(lambda c: files.store(c, who, state.blobs, row["id"], received, facts))
-    finally:
-        received.path.unlink(missing_ok=True)
+    await files.publish_upload(
+        state.db,
+        received,
+        row["content_type"],
+        lambda c, facts: files.store(c, who, state.blobs, row["id"], received, facts),
+    )
     return Response(status_code=204, headers={"ETag": f'"{received.md5}"'})

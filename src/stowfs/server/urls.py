@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from .parse import parse_uint
 from .signing import Signer
 
 EXPIRES = "X-Stowfs-Expires"
@@ -42,7 +43,5 @@ class Urls:
 
 def check_expiry(expires: str | None) -> int | None:
     """The expiry as an int if it is well-formed and in the future, else None."""
-    if expires is None or not expires.isdigit():
-        return None
-    value = int(expires)
-    return value if value >= time.time() else None
+    value = parse_uint(expires)
+    return value if value is not None and value >= time.time() else None
