@@ -51,7 +51,8 @@ class RemoteFile:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     is_public: bool = False
     public_url: str | None = None
-    url: str | None = None  # signed download URL, valid until url_expires
+    # signed download URL, valid until url_expires; a credential, so kept out of repr()
+    url: str | None = field(default=None, repr=False)
     url_expires: float | None = None
 
     @property

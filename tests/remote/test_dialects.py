@@ -1,0 +1,116 @@
+"""The presign and images dialects against the live reference server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from stowfs import errors
+from tests.remote.conftest import SMALL_PARTS, Open
+
+MakeFile = Callable[..., Path]
+
+
+async def test_presign_single_put(open_client: Open, folder: str, make_file: MakeFile) -> None:
+    presign = await open_client("presign")
+    storage = await open_client()
+    caps = presign.capabilities
+    assert caps.dialect == "presign"
+    assert not caps.list
+    assert caps.multipart
+    assert caps.single_upload_max == 500 * 1024 * 1024
+    source = make_file(250_000)
+    data = source.read_bytes()
+    file = await presign.upload(source, folder, "p.bin", {"prompt": "x"})
+    assert file.checksum == hashlib.md5(data).hexdigest()
+    assert file.size == len(data)
+    assert (file.folder, file.name) == (folder, "p.bin")
+    for call in (presign.list_folder(folder), presign.stat(file.key), presign.delete(file.key)):
+        with pytest.raises(errors.Unsupported):
+            await call
+    # The same service's storage dialect sees the object, once.
+    listed = await storage.list_folder(folder)
+    assert [(f.key, f.checksum, f.metadata.get("prompt")) for f in listed] == [
+        (file.key, file.checksum, "x")
+    ]
+    await presign.verify()
+
+
+async def test_presign_multipart(open_client: Open, folder: str, make_file: MakeFile) -> None:
+    presign = await open_client("presign", tuning=SMALL_PARTS)
+    storage = await open_client()
+    source = make_file(11 * 1024 * 1024 + 5)
+    marks: list[int] = []
+
+    async def note(cp: object) -> None:
+        marks.append(len(getattr(cp, "parts", {})))
+
+    file = await presign.upload(source, folder, "mp.bin", on_checkpoint=note)
+    assert marks == [0, 1, 2, 3]  # after initiate, then after each part
+    stored = await storage.stat(file.key)
+    assert stored.checksum == file.checksum == hashlib.md5(source.read_bytes()).hexdigest()
+    assert await storage.read(stored, 0, stored.size) == source.read_bytes()
+
+
+def _png(size: tuple[int, int] = (8, 8)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_images_upload(open_client: Open, tmp_path: Path) -> None:
+    images = await open_client("images")
+    caps = images.capabilities
+    assert caps.content_types
+    assert "image/webp" in caps.content_types
+    assert caps.url_lifetime == 72 * 3600
+    assert not caps.renewable_urls
+    assert not caps.list
+    source = tmp_path / "pic.png"  # named .png but judged by content
+    source.write_bytes(_png())
+    file = await images.upload(source, "", "pic.png")
+    assert file.content_type == "image/png"
+    assert file.size == source.stat().st_size
+    assert file.url
+    assert file.url_expires
+    assert file.url_expires - file.created_at == 72 * 3600
+    assert await images.read(file, 0, file.size) == source.read_bytes()
+    text = tmp_path / "fake.png"
+    text.write_bytes(b"not an image at all")
+    with pytest.raises(errors.UnsupportedMediaType):
+        await images.upload(text, "", "fake.png")
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as f:
+        f.truncate(21 * 1024 * 1024)
+    with pytest.raises(errors.TooLarge):
+        await images.upload(huge, "", "huge.png")
+    with pytest.raises(errors.Unsupported):
+        await images.list_folders()
+    await images.verify()
+
+
+async def test_images_url_cannot_be_renewed(open_client: Open, tmp_path: Path) -> None:
+    import dataclasses
+
+    images = await open_client("images")
+    source = tmp_path / "a.png"
+    source.write_bytes(_png())
+    file = await images.upload(source, "", "a.png")
+    url, expires = await images.fresh_url(file, min_valid=60)
+    assert url == file.url
+    assert expires == file.url_expires
+    stale = dataclasses.replace(file, url_expires=images.transport.wall_clock() - 1, key="other")
+    with pytest.raises(errors.Forbidden, match="cannot renew"):
+        await images.fresh_url(stale)
+
+
+async def test_bad_key_is_reported_by_every_dialect(open_client: Open) -> None:
+    for dialect in ("storage", "presign", "images"):
+        client = await open_client(dialect, key="stk_wrong-0000000000000000")
+        with pytest.raises(errors.AuthFailed):
+            await client.verify()
