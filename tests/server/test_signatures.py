@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import trio
 
 from stowfs.server.signing import Signer
 from tests.livesrv import LiveServer
@@ -180,3 +181,21 @@ async def test_download_headers_range_and_conditional(api: httpx.AsyncClient) ->
         r = await anon.head(rec["file_url"])
         assert r.status_code == 200
         assert int(r.headers["content-length"]) == len(data)
+
+
+async def test_download_honours_connection_close(api: httpx.AsyncClient) -> None:
+    """A `Connection: close` download ends with the body (hypercorn + Starlette could hang)."""
+    rec = await upload_post(api, "c.txt", b"close me")
+    url = httpx.URL(rec["file_url"])
+    stream = await trio.open_tcp_stream(url.host, url.port or 80)
+    request = (
+        f"GET {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n\r\n"
+    )
+    received = b""
+    async with stream:
+        await stream.send_all(request.encode())
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 200")
+    assert received.endswith(b"close me")

@@ -1,4 +1,11 @@
-"""ASGI wrapper for a hypercorn (trio worker) deadlock on unread request bodies."""
+"""ASGI wrapper for two hypercorn (trio worker) hangs.
+
+1. Unread request bodies: see DrainUnreadBody.
+2. Starlette's streaming and file responses, below ASGI spec 2.4, listen for
+   `http.disconnect` while sending; under hypercorn's trio worker that listener
+   keeps a `Connection: close` response open until the client gives up. Spec 2.4
+   lets them skip it (hypercorn drops sends after a disconnect, as 2.4 allows).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ class DrainUnreadBody:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.4"}}
         disconnected = False
 
         async def watched_receive() -> Message:
