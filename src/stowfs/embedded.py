@@ -1,0 +1,89 @@
+"""The embedded default: the reference server as a child process on loopback over the
+local data dir, with a generated key kept in a 0600 file there. Several mounts (and
+sync daemons) may share the data dir; each runs its own server process, which ends
+with its parent (PR_SET_PDEATHSIG, so even a kill -9 of the parent ends it)."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .errors import ConfigError
+
+KEY_FILE = "local.key"
+TEAM = "local"
+PR_SET_PDEATHSIG = 1
+
+
+def _stowfs(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stowfs", *args]
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def local_key(data_dir: Path) -> str:
+    """The embedded store's key, created on first use (under a lock: mounts may race)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / KEY_FILE
+    with open(data_dir / ".key.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return path.read_text().strip()
+        out = subprocess.run(
+            _stowfs("keys", "create", "--data", str(data_dir), "--team", TEAM),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        key = out.stdout.strip()
+        if out.returncode != 0 or not key:
+            raise ConfigError(f"cannot create a key for the local store: {out.stderr.strip()}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key
+
+
+@dataclass
+class LocalServer:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_local_server(data_dir: Path | None = None) -> LocalServer:
+    """Start the server; returns once it printed its base URL (it accepts connections)."""
+    data_dir = data_dir or paths.local_server_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        _stowfs("serve", "--data", str(data_dir), "--listen", "127.0.0.1:0"),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_die_with_parent,  # only prctl: safe in the forked child
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # blocks until ready or the process exits
+    if not line.startswith("http"):
+        proc.kill()
+        proc.wait()
+        raise ConfigError(f"the local store's server did not start (exit {proc.returncode})")
+    return LocalServer(proc, line)

@@ -1,0 +1,145 @@
+"""The on-disk block cache: fixed-size blocks of remote objects, LRU, bounded in bytes.
+
+A block is named by the object's version (key + checksum), so a changed object never
+serves old bytes. A few recent blocks also stay in memory (kernel reads are smaller
+than a block, and read-ahead lands here first). Disk I/O runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import trio
+
+from ..remote.base import RemoteFile
+
+WRITE_BACKLOG = 4  # blocks waiting for the disk
+MEMORY_BLOCKS = 20  # above the largest read-ahead window, so read-ahead stays in memory
+
+
+def version_id(file: RemoteFile) -> str:
+    tag = file.checksum or f"{file.updated_at}:{file.size}"
+    return hashlib.sha1(f"{file.key}\0{tag}".encode()).hexdigest()
+
+
+class BlockCache:
+    def __init__(self, directory: Path, max_bytes: int, block_size: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.block_size = block_size
+        self._lru: OrderedDict[Path, int] = OrderedDict()
+        self._total = 0
+        self._memory: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._writing: dict[tuple[str, int], bytes] = {}  # on their way to disk
+        self._writers = trio.CapacityLimiter(2)  # more threads only fight over the disk
+
+    async def open(self) -> None:
+        """Index what a previous mount left, oldest first."""
+
+        def scan() -> list[tuple[float, Path, int]]:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            found = []
+            for entry in self.directory.rglob("*.blk"):
+                st = entry.stat()
+                found.append((st.st_mtime, entry, st.st_size))
+            return sorted(found)
+
+        for _, path, size in await trio.to_thread.run_sync(scan):
+            self._lru[path] = size
+            self._total += size
+        await self._evict()
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    def has(self, vid: str, index: int) -> bool:
+        key = (vid, index)
+        return key in self._memory or key in self._writing or self._path(*key) in self._lru
+
+    def _path(self, vid: str, index: int) -> Path:
+        return self.directory / vid[:2] / f"{vid}.{index}.blk"
+
+    async def get(self, vid: str, index: int, start: int = 0, size: int = -1) -> bytes | None:
+        """Bytes [start, start+size) of a cached block (all of it by default); None if
+        the block is not cached. Disk reads take only the slice asked for."""
+        hot = self._memory.get((vid, index))
+        if hot is not None:
+            self._memory.move_to_end((vid, index))
+        else:
+            hot = self._writing.get((vid, index))
+        if hot is not None:
+            return hot[start:] if size < 0 else hot[start : start + size]
+        path = self._path(vid, index)
+        if path not in self._lru:
+            return None
+        self._lru.move_to_end(path)
+
+        def read() -> bytes:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(size)
+
+        try:
+            return await trio.to_thread.run_sync(read)
+        except FileNotFoundError:
+            self._forget(path)
+            return None
+
+    async def put(self, vid: str, index: int, data: bytes, *, hot: bool = True) -> None:
+        """Cache a block; `hot`: also keep it in memory (a block being read now)."""
+        if hot:
+            self.remember(vid, index, data)
+        await self.store(vid, index, data)
+
+    async def store(self, vid: str, index: int, data: bytes, *, optional: bool = False) -> None:
+        """Write a block to disk (LRU-bounded). `optional` (read-ahead): skipped when
+        the disk lags behind, so neither memory nor the reader waits for it."""
+        if len(data) > self.max_bytes or (optional and len(self._writing) >= WRITE_BACKLOG):
+            return
+        path = self._path(vid, index)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+        self._writing[(vid, index)] = data
+        try:
+            async with self._writers:
+                await trio.to_thread.run_sync(write)
+        finally:
+            del self._writing[(vid, index)]
+        self._forget(path)
+        self._lru[path] = len(data)
+        self._total += len(data)
+        await self._evict()
+
+    def remember(self, vid: str, index: int, data: bytes) -> None:
+        self._memory[(vid, index)] = data
+        self._memory.move_to_end((vid, index))
+        while len(self._memory) > MEMORY_BLOCKS:
+            self._memory.popitem(last=False)
+
+    def _forget(self, path: Path) -> None:
+        size = self._lru.pop(path, None)
+        if size is not None:
+            self._total -= size
+
+    async def _evict(self) -> None:
+        victims = []
+        while self._total > self.max_bytes and self._lru:
+            path, size = self._lru.popitem(last=False)
+            self._total -= size
+            victims.append(path)
+        if victims:
+
+            def unlink() -> None:
+                for path in victims:
+                    path.unlink(missing_ok=True)
+
+            await trio.to_thread.run_sync(unlink)

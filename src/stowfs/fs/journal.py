@@ -1,0 +1,126 @@
+"""The upload journal: SQLite in the cache dir. Every file whose bytes the remote does
+not have yet has a row here (staging path, destination, the object it replaces), written
+before close returns; a mount started after a crash uploads what it finds.
+
+Also the drop folder's record (write-only dialects): what this mount uploaded.
+Methods are synchronous: callers run them with trio.to_thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..remote.base import RemoteFile
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    id INTEGER PRIMARY KEY,
+    staging TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    name TEXT NOT NULL,
+    replaces TEXT,
+    metadata TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS drops (
+    key TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    staging: Path
+    folder: str
+    name: str
+    replaces: str | None
+    metadata: dict[str, Any]
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def record(
+        self,
+        entry_id: int | None,
+        staging: Path,
+        folder: str,
+        name: str,
+        replaces: str | None,
+        metadata: dict[str, Any],
+    ) -> int:
+        """Insert or update the row of one pending upload; returns its id."""
+        row = (str(staging), folder, name, replaces, json.dumps(metadata))
+        with self._lock:
+            if entry_id is None:
+                cur = self._conn.execute(
+                    "INSERT INTO uploads (staging, folder, name, replaces, metadata)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    row,
+                )
+                assert cur.lastrowid is not None
+                return cur.lastrowid
+            self._conn.execute(
+                "UPDATE uploads SET staging=?, folder=?, name=?, replaces=?, metadata=? WHERE id=?",
+                (*row, entry_id),
+            )
+            return entry_id
+
+    def remove(self, entry_id: int) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM uploads WHERE id=?", (entry_id,))
+
+    def pending(self) -> list[Entry]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, staging, folder, name, replaces, metadata FROM uploads ORDER BY id"
+            ).fetchall()
+        return [Entry(r[0], Path(r[1]), r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    # -- drop folder -------------------------------------------------------------------
+    def add_drop(self, file: RemoteFile) -> None:
+        record = {
+            "key": file.key,
+            "folder": file.folder,
+            "name": file.name,
+            "size": file.size,
+            "content_type": file.content_type,
+            "checksum": file.checksum,
+            "created_at": file.created_at,
+            "updated_at": file.updated_at,
+            "metadata": dict(file.metadata),
+            "is_public": file.is_public,
+            "public_url": file.public_url,
+            "url": file.url,
+            "url_expires": file.url_expires,
+        }
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO drops (key, record) VALUES (?, ?)",
+                (file.key, json.dumps(record)),
+            )
+
+    def remove_drop(self, key: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM drops WHERE key=?", (key,))
+
+    def drops(self) -> list[RemoteFile]:
+        with self._lock:
+            rows = self._conn.execute("SELECT record FROM drops").fetchall()
+        return [RemoteFile(**json.loads(r[0])) for r in rows]

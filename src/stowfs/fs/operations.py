@@ -1,0 +1,728 @@
+"""The FUSE request handlers (pyfuse3.Operations) over a Remote.
+
+Every handler is wrapped by `errnos.handler`, so remote errors leave as the errno
+mapped in errnos.py. Handlers never block the trio thread: data and sqlite I/O go
+through worker threads (staging, blockcache, journal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ..errors import NotFound, StowfsError, Unavailable
+from ..remote.base import Remote, Usage
+from . import xattrs
+from .blockcache import BlockCache
+from .errnos import fuse_error, handler
+from .journal import Journal
+from .names import visible_names
+from .options import MountOptions
+from .reader import Reader, ReadState
+from .staging import Staged
+from .tree import ROOT, Invalidate, Node, Tree
+from .uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+FUSEError = pyfuse3.FUSEError
+NAME_MAX = 255
+USAGE_TTL = 5.0
+
+
+@dataclass
+class FileHandle:
+    node: Node
+    writable: bool
+    seq: ReadState = field(default_factory=ReadState)
+
+
+@dataclass
+class DirHandle:
+    node: Node
+    entries: list[tuple[str, pyfuse3.InodeT]]
+
+
+def _name(raw: bytes) -> str:
+    if len(raw) > NAME_MAX:
+        raise FUSEError(errno.ENAMETOOLONG)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FUSEError(errno.EINVAL) from None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        remote: Remote,
+        options: MountOptions,
+        invalidate: Invalidate | None = None,
+    ) -> None:
+        super().__init__()
+        self.remote = remote
+        self.caps = remote.capabilities
+        self.options = options
+        self.tree = Tree(
+            remote,
+            options.folder,
+            options.dir_cache_time,
+            invalidate or (lambda inode, name: None),
+            time.time(),
+        )
+        self.staging_dir = options.cache_dir / "staging"
+        self.journal = Journal(options.cache_dir / "journal.db")
+        self.cache = BlockCache(
+            options.cache_dir / "blocks", options.cache_max_size, options.block_size
+        )
+        self.uploader = Uploader(remote, self.tree, self.journal, options.write_back)
+        self.reader: Reader | None = None
+        self.handles: dict[int, FileHandle | DirHandle] = {}
+        self._next_fh = 1
+        self._usage: tuple[float, Usage] | None = None
+        self._nursery: trio.Nursery | None = None
+        self.after_init: Callable[[], None] | None = None  # once, at the first request
+
+    # -- life cycle --------------------------------------------------------------------
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Open the caches and start the background tasks in the process's nursery."""
+        self._nursery = nursery
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        await self.cache.open()
+        self.reader = Reader(
+            self.remote, self.cache, self._spawn, max_window=self.options.read_ahead
+        )
+        await nursery.start(self.uploader.run)
+        if not self.caps.list:
+            root = self.tree.nodes[ROOT]
+            drops = await trio.to_thread.run_sync(self.journal.drops)
+            for name, file in visible_names(drops).items():
+                self.tree.new(root, name, False, file=file)
+            root.listed_at = float("inf")  # the mount's own record is the listing
+
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn)
+
+    async def shutdown(self) -> int:
+        """After the kernel let go: upload what is pending; returns how many stay."""
+        left = await self.uploader.drain()
+        await trio.to_thread.run_sync(self.journal.close)
+        return left
+
+    def _first_request(self) -> None:
+        if self.after_init is not None:
+            callback, self.after_init = self.after_init, None
+            callback()
+
+    # -- helpers -----------------------------------------------------------------------
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        opts = self.options
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.inode
+        a.generation = 0
+        a.entry_timeout = opts.attr_timeout
+        a.attr_timeout = opts.attr_timeout
+        if node.is_dir:
+            a.st_mode = stat.S_IFDIR | (0o777 & ~opts.umask)
+            a.st_nlink = 2
+        else:
+            a.st_mode = stat.S_IFREG | (0o666 & ~opts.umask)
+            a.st_nlink = 1
+        if opts.read_only:
+            a.st_mode &= ~0o222
+        a.st_uid, a.st_gid = opts.uid, opts.gid
+        a.st_size = node.size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (node.size + 511) // 512
+        mtime_ns = int(node.mtime * 1e9)
+        ctime = node.file.updated_at if node.file else node.mtime
+        a.st_atime_ns = mtime_ns
+        a.st_mtime_ns = mtime_ns
+        a.st_ctime_ns = int(ctime * 1e9)
+        return a
+
+    def _writable(self) -> None:
+        if self.options.read_only:
+            raise FUSEError(errno.EROFS)
+
+    async def _dir(self, inode: pyfuse3.InodeT) -> Node:
+        node = self.tree.get(inode)
+        if not node.is_dir:
+            raise FUSEError(errno.ENOTDIR)
+        await self.tree.refresh(node)
+        return node
+
+    async def _entry(self, parent: pyfuse3.InodeT, raw: bytes) -> tuple[Node, str, Node | None]:
+        node = await self._dir(parent)
+        name = _name(raw)
+        return node, name, self.tree.child(node, name)
+
+    def _fh(self, handle: FileHandle | DirHandle) -> pyfuse3.FileHandleT:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = handle
+        return pyfuse3.FileHandleT(fh)
+
+    def _file_handle(self, fh: pyfuse3.FileHandleT) -> FileHandle:
+        handle = self.handles.get(fh)
+        if not isinstance(handle, FileHandle):
+            raise FUSEError(errno.EBADF)
+        return handle
+
+    def _check_size(self, size: int) -> None:
+        limit = self.caps.max_file_size
+        if limit is not None and size > limit:
+            raise FUSEError(errno.EFBIG)
+
+    async def _stage(self, node: Node, keep: int | None = None) -> Staged:
+        """The node's staging file, holding the old bytes [0, keep) (all by default)."""
+        if node.staged is not None:
+            return node.staged
+        old = node.file
+        staged = await trio.to_thread.run_sync(
+            Staged.create, self.staging_dir, dict(old.metadata) if old else {}, node.mtime
+        )
+        staged.uploaded = staged.generation  # nothing new yet
+        try:
+            if old is not None:
+                assert self.reader is not None
+                want = old.size if keep is None else min(keep, old.size)
+                step = self.options.block_size
+                seq = ReadState()
+                for offset in range(0, want, step):
+                    chunk = await self.reader.read(old, offset, min(step, want - offset), seq)
+                    await staged.write(offset, chunk)
+        except BaseException:
+            staged.discard()
+            raise
+        if node.staged is not None:  # another request staged it meanwhile
+            staged.discard()
+            return node.staged
+        node.staged = staged
+        return staged
+
+    async def _truncate(self, node: Node, size: int) -> None:
+        self._check_size(size)
+        staged = await self._stage(node, keep=size)
+        await staged.truncate(size)
+        staged.touch(time.time())
+
+    # -- lookups and attributes ----------------------------------------------------------
+    @handler
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._first_request()
+        if name == b".":
+            node = self.tree.get(parent_inode)
+        elif name == b"..":
+            node = self.tree.get(self.tree.get(parent_inode).parent)
+        else:
+            _, _, child = await self._entry(parent_inode, name)
+            if child is None:
+                raise FUSEError(errno.ENOENT)
+            node = child
+        node.lookups += 1
+        return self._attr(node)
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        for inode, count in inode_list:
+            self.tree.forget(inode, count)
+
+    @handler
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._first_request()
+        return self._attr(self.tree.get(inode))
+
+    @handler
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.tree.get(inode)
+        if node.is_dir:
+            return self._attr(node)  # folders have no times or modes to keep
+        if fields.update_size:
+            self._writable()
+            await self._truncate(node, attr.st_size)
+            handle = self.handles.get(fh) if fh is not None else None
+            if not (isinstance(handle, FileHandle) and handle.writable):
+                await self.uploader.commit(node)  # no close of a writer will follow
+        if fields.update_mtime:
+            self._writable()
+            await self._set_mtime(node, attr.st_mtime_ns / 1e9)
+        return self._attr(node)  # mode, owner: accepted, not stored
+
+    async def _set_mtime(self, node: Node, mtime: float) -> None:
+        staged = node.staged
+        if staged is not None and staged.dirty:
+            staged.mtime = mtime  # goes up with the pending upload
+            return
+        if staged is not None:
+            async with staged.lock:  # an upload in flight settles first
+                pass
+        if node.file is None or not self.caps.metadata:
+            return  # a drop folder keeps no times: accepted, like chmod
+        node.file = await self.remote.patch_metadata(node.file.key, {"mtime": mtime})
+        node.kernel_version = node.version
+        if node.staged is not None:
+            node.staged.mtime = mtime
+
+    # -- directories -------------------------------------------------------------------
+    @handler
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        node = await self._dir(inode)
+        return self._fh(DirHandle(node, sorted(node.children.items())))
+
+    @handler
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Any) -> None:
+        handle = self.handles.get(fh)
+        if not isinstance(handle, DirHandle):
+            raise FUSEError(errno.EBADF)
+        for index in range(start_id, len(handle.entries)):
+            name, inode = handle.entries[index]
+            node = self.tree.nodes.get(inode)
+            if node is None or not node.attached:
+                continue
+            if not pyfuse3.readdir_reply(token, name.encode(), self._attr(node), index + 1):
+                return
+            node.lookups += 1
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        self.handles.pop(fh, None)
+
+    @handler
+    async def mkdir(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        if not self.caps.mkdir or not self.caps.list:
+            raise FUSEError(errno.EPERM)
+        parent, text, existing = await self._entry(parent_inode, name)
+        if existing is not None:
+            raise FUSEError(errno.EEXIST)
+        folder = self.tree.folder_of(parent)
+        await self.remote.mkdir(f"{folder}/{text}" if folder else text)
+        node = self.tree.new(parent, text, True, created=time.time())
+        node.listed_at = trio.current_time()
+        node.lookups += 1
+        return self._attr(node)
+
+    @handler
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._writable()
+        _, _, node = await self._entry(parent_inode, name)
+        if node is None:
+            raise FUSEError(errno.ENOENT)
+        if not node.is_dir:
+            raise FUSEError(errno.ENOTDIR)
+        await self.tree.refresh(node, force=True)
+        if node.children:
+            raise FUSEError(errno.ENOTEMPTY)
+        try:
+            await self.remote.rmdir(self.tree.folder_of(node))
+        except NotFound:
+            pass
+        except StowfsError as exc:
+            raise fuse_error(exc, folder=True) from exc
+        self.tree.detach(node)
+
+    # -- files ---------------------------------------------------------------------------
+    @handler
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        node = self.tree.get(inode)
+        if node.is_dir:
+            raise FUSEError(errno.EISDIR)
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if writable:
+            self._writable()
+            if flags & os.O_TRUNC:
+                await self._truncate(node, 0)
+        node.opens += 1
+        keep = node.kernel_version is not None and node.kernel_version == node.version
+        node.kernel_version = node.version
+        return pyfuse3.FileInfo(fh=self._fh(FileHandle(node, writable)), keep_cache=keep)
+
+    @handler
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: bytes,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._writable()
+        parent, text, existing = await self._entry(parent_inode, name)
+        if parent.inode != ROOT and not self.caps.list:
+            raise FUSEError(errno.EPERM)
+        if existing is not None:
+            if existing.is_dir:
+                raise FUSEError(errno.EISDIR)
+            if flags & os.O_EXCL:
+                raise FUSEError(errno.EEXIST)
+            info = await self.open(existing.inode, flags, ctx)
+            existing.lookups += 1
+            return info, self._attr(existing)
+        now = time.time()
+        staged = await trio.to_thread.run_sync(Staged.create, self.staging_dir, {}, now)
+        node = self.tree.new(parent, text, False, staged=staged, created=now)
+        node.lookups += 1
+        node.opens += 1
+        await self.uploader.record(node)
+        info = pyfuse3.FileInfo(fh=self._fh(FileHandle(node, True)))
+        return info, self._attr(node)
+
+    @handler
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        handle = self._file_handle(fh)
+        node = handle.node
+        if node.staged is not None:
+            return await node.staged.read(off, size)
+        if node.file is None:
+            return b""
+        assert self.reader is not None
+        return await self.reader.read(node.file, off, size, handle.seq)
+
+    @handler
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        handle = self._file_handle(fh)
+        if not handle.writable:
+            raise FUSEError(errno.EBADF)
+        self._check_size(off + len(buf))
+        staged = await self._stage(handle.node)
+        n = await staged.write(off, buf)
+        staged.touch(time.time())
+        return n
+
+    @handler
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        handle = self._file_handle(fh)
+        if handle.writable:
+            await self.uploader.commit(handle.node)
+
+    @handler
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        await self.flush(fh)
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        handle = self.handles.pop(fh, None)
+        if not isinstance(handle, FileHandle):
+            return
+        handle.seq.stop()
+        node = handle.node
+        node.opens -= 1
+        if node.opens == 0 and node.staged is not None and not node.staged.pending:
+            node.staged.discard()  # its bytes are on the remote now
+            node.staged = None
+        self.tree.reap(node)
+
+    @handler
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._writable()
+        _, _, node = await self._entry(parent_inode, name)
+        if node is None:
+            raise FUSEError(errno.ENOENT)
+        if node.is_dir:
+            raise FUSEError(errno.EISDIR)
+        await self._remove_file(node)
+
+    async def _remove_file(self, node: Node) -> None:
+        if node.file is not None:
+            if self.caps.delete:
+                with contextlib.suppress(NotFound):
+                    await self.remote.delete(node.file.key)
+            if not self.caps.list:  # a drop folder forgets it (the remote may keep it)
+                await trio.to_thread.run_sync(self.journal.remove_drop, node.file.key)
+        await self.uploader.cancel(node)
+        self.tree.detach(node)
+
+    @handler
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: bytes,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise FUSEError(errno.EINVAL)
+        _, _, node = await self._entry(parent_inode_old, name_old)
+        new_parent, new_name, target = await self._entry(parent_inode_new, name_new)
+        if node is None:
+            raise FUSEError(errno.ENOENT)
+        if target is node:
+            return
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise FUSEError(errno.EEXIST)
+            if target.is_dir and not node.is_dir:
+                raise FUSEError(errno.EISDIR)
+            if node.is_dir and not target.is_dir:
+                raise FUSEError(errno.ENOTDIR)
+        if node.is_dir:
+            if not self.caps.list:
+                raise FUSEError(errno.EPERM)
+            if target is not None:
+                await self.rmdir(parent_inode_new, name_new, ctx)
+            async with contextlib.AsyncExitStack() as stack:
+                for child in self.tree.walk(node):
+                    await self._settle(child, stack)
+                await self._move_folder(node, new_parent, new_name)
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            await self._settle(node, stack)
+            await self._move_file(node, new_parent, new_name)
+        if target is not None:
+            await self._remove_file(target)
+
+    @staticmethod
+    async def _settle(node: Node, stack: contextlib.AsyncExitStack) -> None:
+        """Hold off the node's uploads: one in flight would land under the old name."""
+        if node.staged is not None:
+            await stack.enter_async_context(node.staged.lock)
+
+    async def _move_file(self, node: Node, new_parent: Node, new_name: str) -> None:
+        if node.file is not None and self.caps.move:
+            folder = self.tree.folder_of(new_parent)
+            node.file = await self.remote.move(node.file, folder, new_name)
+        elif node.file is not None:  # a drop folder: renamed in our own record only
+            node.file = dataclasses.replace(node.file, name=new_name)
+            await trio.to_thread.run_sync(self.journal.add_drop, node.file)
+        self.tree.move(node, new_parent, new_name)
+        await self.uploader.record(node)  # a staged file is renamed locally
+
+    async def _move_folder(self, node: Node, new_parent: Node, new_name: str) -> None:
+        """Folders have no server move: mkdir the new tree, move each file, rmdir the old."""
+        old_root = self.tree.folder_of(node)
+        base = self.tree.folder_of(new_parent)
+        new_root = f"{base}/{new_name}" if base else new_name
+        below = await self.remote.list_folders(None)
+        folders = [old_root, *sorted(f.path for f in below if f.path.startswith(old_root + "/"))]
+        moved = {}
+        for folder in folders:
+            target = new_root + folder[len(old_root) :]
+            await self.remote.mkdir(target)
+            for file in await self.remote.list_folder(folder):
+                moved[file.key] = await self.remote.move(file, target, file.name)
+        for folder in reversed(folders):
+            with contextlib.suppress(NotFound):
+                await self.remote.rmdir(folder)
+        self.tree.move(node, new_parent, new_name)
+        for child in self.tree.walk(node):
+            if child.file is not None and child.file.key in moved:
+                child.file = moved[child.file.key]
+                child.kernel_version = child.version
+            await self.uploader.record(child)
+
+    # -- refused -----------------------------------------------------------------------
+    async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EPERM)
+
+    async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EPERM)
+
+    async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EPERM)
+
+    # -- statfs ------------------------------------------------------------------------
+    @handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        usage = await self._current_usage()
+        bsize = 4096
+        limit = (
+            usage.limit_bytes if usage.limit_bytes is not None else max(usage.total_bytes, 1 << 50)
+        )
+        files = usage.limit_files if usage.limit_files is not None else 1 << 32
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = bsize
+        s.f_blocks = limit // bsize
+        s.f_bfree = s.f_bavail = max(limit - usage.total_bytes, 0) // bsize
+        s.f_files = files
+        s.f_ffree = s.f_favail = max(files - usage.file_count, 0)
+        s.f_namemax = NAME_MAX
+        return s
+
+    async def _current_usage(self) -> Usage:
+        now = trio.current_time()
+        if self._usage is not None and now - self._usage[0] < USAGE_TTL:
+            return self._usage[1]
+        if not self.caps.usage:
+            return Usage(0, 0, None, None)
+        try:
+            usage = await self.remote.usage()
+        except Unavailable:
+            if self._usage is None:
+                raise
+            return self._usage[1]
+        self._usage = (now, usage)
+        return usage
+
+    # -- extended attributes -------------------------------------------------------------
+    @handler
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[bytes]:
+        node = self.tree.get(inode)
+        if node.is_dir:
+            return []
+        names = [f"{xattrs.USER}{key}" for key in node.metadata]
+        file = node.file
+        if file is not None:
+            names += [
+                xattrs.FACTS + fact
+                for fact in xattrs.FACT_NAMES
+                if fact in ("url", "url_expires", "public") or getattr(file, fact) is not None
+            ]
+        return [n.encode() for n in names]
+
+    @handler
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        node = self.tree.get(inode)
+        text = name.decode("utf-8", "replace")
+        if inode == ROOT and text == xattrs.PID:
+            return str(os.getpid()).encode()  # for `stowfs unmount`
+        if node.is_dir or not text.startswith(xattrs.USER):
+            raise FUSEError(pyfuse3.ENOATTR)  # answered from memory
+        if text.startswith(xattrs.FACTS):
+            return await self._fact(node, text[len(xattrs.FACTS) :])
+        metadata = node.metadata
+        key = text[len(xattrs.USER) :]
+        if key not in metadata:
+            raise FUSEError(pyfuse3.ENOATTR)
+        return xattrs.encode(metadata[key])
+
+    async def _fact(self, node: Node, fact: str) -> bytes:
+        file = node.file
+        if file is None or fact not in xattrs.FACT_NAMES:
+            raise FUSEError(pyfuse3.ENOATTR)
+        value: Any
+        if fact in ("url", "url_expires"):
+            url, expires = await self._fresh_url(node)
+            value = url if fact == "url" else _iso(expires)
+        elif fact == "public":
+            value = file.is_public
+        elif fact in ("created_at", "updated_at"):
+            value = _iso(getattr(file, fact))
+        else:
+            value = getattr(file, fact)
+        if value is None:
+            raise FUSEError(pyfuse3.ENOATTR)
+        return xattrs.encode(value)
+
+    async def _fresh_url(self, node: Node) -> tuple[str, float]:
+        file = node.file
+        assert file is not None
+        if not self.caps.renewable_urls:  # e.g. images: the URL the upload returned
+            if file.url is None or file.url_expires is None:
+                raise FUSEError(pyfuse3.ENOATTR)
+            return file.url, file.url_expires
+        return await self.remote.fresh_url(file)
+
+    @handler
+    async def setxattr(
+        self, inode: pyfuse3.InodeT, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        node = self.tree.get(inode)
+        text = name.decode("utf-8", "replace")
+        if node.is_dir or not text.startswith(xattrs.USER):
+            raise FUSEError(errno.ENOTSUP)
+        self._writable()
+        try:
+            decoded = xattrs.decode(value)
+        except UnicodeDecodeError:
+            raise FUSEError(errno.EINVAL) from None
+        if text == xattrs.PUBLIC:
+            await self._set_public(node, decoded)
+        elif text.startswith(xattrs.FACTS):
+            raise FUSEError(errno.EPERM)  # read-only facts
+        else:
+            await self._patch(node, text[len(xattrs.USER) :], decoded)
+
+    @handler
+    async def removexattr(
+        self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        node = self.tree.get(inode)
+        text = name.decode("utf-8", "replace")
+        if node.is_dir or not text.startswith(xattrs.USER):
+            raise FUSEError(pyfuse3.ENOATTR)
+        if text.startswith(xattrs.FACTS):
+            raise FUSEError(errno.EPERM)
+        self._writable()
+        key = text[len(xattrs.USER) :]
+        if key not in node.metadata:
+            raise FUSEError(pyfuse3.ENOATTR)
+        await self._patch(node, key, None)
+
+    async def _patch(self, node: Node, key: str, value: Any) -> None:
+        merged = dict(node.metadata)
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+        if xattrs.metadata_size(merged) > self.caps.metadata_max_bytes:
+            raise FUSEError(errno.E2BIG)  # before any network call
+        staged = node.staged
+        if staged is not None and (staged.dirty or node.file is None):
+            staged.metadata = merged  # goes up with the pending upload
+            await self.uploader.record(node)
+            return
+        if node.file is None:
+            raise FUSEError(errno.ENOENT)
+        if not self.caps.metadata:
+            raise FUSEError(errno.ENOTSUP)
+        node.file = await self.remote.patch_metadata(node.file.key, {key: value})
+        node.kernel_version = node.version
+        if staged is not None:
+            staged.metadata = dict(node.file.metadata)
+
+    async def _set_public(self, node: Node, value: Any) -> None:
+        if node.file is None:
+            raise FUSEError(errno.ENOENT)
+        if value not in (True, False, 0, 1):
+            raise FUSEError(errno.EINVAL)
+        if not self.caps.metadata:
+            raise FUSEError(errno.ENOTSUP)
+        node.file = await self.remote.set_public(node.file.key, bool(value))
+        node.kernel_version = node.version

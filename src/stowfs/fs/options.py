@@ -1,0 +1,25 @@
+"""What a mount is asked to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    cache_dir: Path
+    folder: str = ""
+    read_only: bool = False
+    write_back: float | None = None  # seconds after close; None: upload on close
+    cache_max_size: int = 1024 * MiB
+    dir_cache_time: float = 30.0
+    allow_other: bool = False
+    uid: int = 0
+    gid: int = 0
+    umask: int = 0o022
+    block_size: int = 4 * MiB
+    read_ahead: int = 16  # blocks, the largest read-ahead window
+    attr_timeout: float = 1.0

@@ -1,0 +1,172 @@
+"""The read path: block-aligned ranged reads through the block cache. Random reads
+fetch only the blocks they touch. While reads stay sequential, a read-ahead window
+(in blocks) doubles, and one background task per open file streams the window's
+blocks with a single ranged GET per run (one long stream beats many parallel short
+ones: both ends are Python). URL renewal is the Remote's business (it renews before
+expiry and on 403).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..remote.base import Remote, RemoteFile
+from .blockcache import BlockCache, version_id
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+@dataclass
+class ReadState:
+    """Per open handle: where the next sequential read would start, and the window."""
+
+    next_offset: int = 0
+    window: int = 1  # blocks
+    ahead_to: int = 0  # first block the read-ahead has not asked for yet
+    streamer: trio.CancelScope | None = None
+    moved: trio.Event = field(default_factory=trio.Event)  # the reader advanced
+
+    def stop(self) -> None:
+        if self.streamer is not None:
+            self.streamer.cancel()
+            self.streamer = None
+
+
+class Reader:
+    def __init__(
+        self,
+        remote: Remote,
+        cache: BlockCache,
+        spawn: Spawn,
+        max_window: int = 32,
+        parallel: int = 8,
+    ) -> None:
+        self.remote = remote
+        self.cache = cache
+        self.spawn = spawn
+        self.max_window = max_window
+        self.block_size = cache.block_size
+        self._inflight: dict[tuple[str, int], trio.Event] = {}
+        self._limiter = trio.CapacityLimiter(parallel)
+
+    async def read(self, file: RemoteFile, offset: int, size: int, seq: ReadState) -> bytes:
+        end = min(offset + size, file.size)
+        if end <= offset:
+            return b""
+        bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        if first == last:  # the common case: a kernel read inside one block
+            data = await self.cache.get(version_id(file), first, offset - first * bs, end - offset)
+            if data is None:
+                block = await self.block(file, first)
+                data = block[offset - first * bs : end - first * bs]
+        else:
+            blocks: dict[int, bytes] = {}
+
+            async def one(index: int) -> None:
+                blocks[index] = await self.block(file, index)
+
+            async with trio.open_nursery() as nursery:
+                for index in range(first, last + 1):
+                    nursery.start_soon(one, index)
+            joined = b"".join(blocks[i] for i in range(first, last + 1))
+            data = joined[offset - first * bs : end - first * bs]
+        self._read_ahead(file, offset, end, last, seq)
+        return data
+
+    def _read_ahead(
+        self, file: RemoteFile, offset: int, end: int, last: int, seq: ReadState
+    ) -> None:
+        if offset == seq.next_offset and offset > 0:
+            seq.window = min(seq.window * 2, self.max_window)
+        elif offset != seq.next_offset:  # a jump: random access, no read-ahead
+            seq.stop()
+            seq.window = 1
+            seq.ahead_to = 0
+        seq.next_offset = end
+        seq.moved.set()
+        seq.moved = trio.Event()
+        if seq.window > 1 and seq.streamer is None and end < file.size:
+            seq.ahead_to = max(seq.ahead_to, last + 1)
+            scope = seq.streamer = trio.CancelScope()
+            self.spawn(lambda: self._stream(file, seq, scope))
+
+    async def _stream(self, file: RemoteFile, seq: ReadState, scope: trio.CancelScope) -> None:
+        """Keep the window ahead of the reader filled, a run of blocks per GET."""
+        bs = self.block_size
+        final = (file.size - 1) // bs
+        vid = version_id(file)
+        with scope:
+            while seq.ahead_to <= final:
+                reading = seq.next_offset // bs
+                limit = min(reading + seq.window, final)
+                if seq.ahead_to - reading > seq.window // 2:
+                    await seq.moved.wait()  # refill once half the window is read
+                    continue
+                first = seq.ahead_to
+                run = []
+                for index in range(first, limit + 1):
+                    if (vid, index) in self._inflight or self.cache.has(vid, index):
+                        break
+                    run.append(index)
+                seq.ahead_to = first + max(len(run), 1)
+                if run:
+                    try:
+                        await self._fetch_run(file, vid, run)
+                    except Exception as exc:  # best effort; the reader's own fetch reports
+                        log.debug("read-ahead of %s failed: %s", file.key, exc)
+                        return
+        if seq.streamer is scope:
+            seq.streamer = None
+
+    async def _fetch_run(self, file: RemoteFile, vid: str, run: list[int]) -> None:
+        bs = self.block_size
+        events = {index: trio.Event() for index in run}
+        for index, event in events.items():
+            self._inflight[(vid, index)] = event
+        try:
+            start = run[0] * bs
+            length = min(len(run) * bs, file.size - start)
+            buffer = bytearray()
+            index = run[0]
+            async for chunk in self.remote.stream(file, start, length):
+                buffer += chunk
+                while len(buffer) >= bs or (buffer and index * bs + len(buffer) >= file.size):
+                    data = bytes(memoryview(buffer)[:bs])
+                    del buffer[:bs]
+                    self.cache.remember(vid, index, data)
+                    self._inflight.pop((vid, index), None)
+                    events.pop(index).set()
+                    self.spawn(lambda i=index, d=data: self.cache.store(vid, i, d, optional=True))  # type: ignore[misc]
+                    index += 1
+        finally:
+            for index, event in events.items():  # waiters fetch these themselves
+                self._inflight.pop((vid, index), None)
+                event.set()
+
+    async def block(self, file: RemoteFile, index: int, *, hot: bool = True) -> bytes:
+        vid = version_id(file)
+        while True:
+            data = await self.cache.get(vid, index)
+            if data is not None:
+                return data
+            event = self._inflight.get((vid, index))
+            if event is None:
+                break
+            await event.wait()  # someone else fetches it; then look again
+        event = self._inflight[(vid, index)] = trio.Event()
+        try:
+            async with self._limiter:
+                bs = self.block_size
+                data = await self.remote.read(file, index * bs, min(bs, file.size - index * bs))
+            await self.cache.put(vid, index, data, hot=hot)
+            return data
+        finally:
+            del self._inflight[(vid, index)]
+            event.set()

@@ -1,0 +1,66 @@
+"""Staging files: the local copy of a file being written, in the cache dir.
+
+All file I/O runs in worker threads (never on the trio thread).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import trio
+
+
+class Staged:
+    """A file's bytes while they differ from (or are on their way to) the remote."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], mtime: float) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.mtime = mtime
+        self.size = 0
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.generation = 1  # bumped by every change
+        self.uploaded = 0  # the generation last uploaded
+        self.journal_id: int | None = None
+        self.uploading = False
+        self.lock = trio.Lock()  # one upload at a time
+
+    @classmethod
+    def create(cls, directory: Path, metadata: dict[str, Any], mtime: float) -> Staged:
+        directory.mkdir(parents=True, exist_ok=True)
+        return cls(directory / uuid.uuid4().hex, metadata, mtime)
+
+    @property
+    def dirty(self) -> bool:
+        return self.generation != self.uploaded
+
+    @property
+    def pending(self) -> bool:
+        """Holds bytes the remote does not have yet."""
+        return self.dirty or self.uploading
+
+    def touch(self, mtime: float) -> None:
+        self.generation += 1
+        self.mtime = mtime
+
+    async def write(self, offset: int, data: bytes) -> int:
+        n = await trio.to_thread.run_sync(os.pwrite, self.fd, data, offset)
+        self.size = max(self.size, offset + n)
+        return n
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return await trio.to_thread.run_sync(os.pread, self.fd, size, offset)
+
+    async def truncate(self, size: int) -> None:
+        await trio.to_thread.run_sync(os.ftruncate, self.fd, size)
+        self.size = size
+
+    def discard(self) -> None:
+        """Close and delete the file (its bytes are on the remote or were unlinked)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,246 @@
+"""The inode table and the directory cache.
+
+Inodes are handed out once and stay with their entry for the life of the mount (a
+replaced file keeps its inode; a renamed one too). Lookup counts follow the kernel's
+exactly: +1 per successful lookup/create/mkdir/readdirplus entry, -n per forget; a node
+that left the tree lives on until its count and its open handles reach zero.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ..errors import NotFound, Unavailable
+from ..remote.base import Remote, RemoteFile
+from .names import visible_names
+from .staging import Staged
+
+log = logging.getLogger(__name__)
+
+ROOT = pyfuse3.ROOT_INODE
+
+
+@dataclass(eq=False)
+class Node:
+    inode: pyfuse3.InodeT
+    parent: pyfuse3.InodeT
+    name: str
+    is_dir: bool
+    file: RemoteFile | None = None
+    staged: Staged | None = None
+    lookups: int = 0
+    opens: int = 0
+    attached: bool = True
+    # directories
+    children: dict[str, pyfuse3.InodeT] = field(default_factory=dict)
+    listed_at: float | None = None  # trio time of the last listing; None: stale
+    created: float = 0.0
+    # the object version whose bytes the kernel's page cache holds
+    kernel_version: tuple[str, str | None] | None = None
+
+    @property
+    def size(self) -> int:
+        if self.staged is not None:
+            return self.staged.size
+        return self.file.size if self.file else 0
+
+    @property
+    def mtime(self) -> float:
+        if self.staged is not None:
+            return self.staged.mtime
+        if self.file is not None:
+            value = self.file.metadata.get("mtime")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            return self.file.updated_at
+        return self.created
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self.staged is not None:
+            return self.staged.metadata
+        return dict(self.file.metadata) if self.file else {}
+
+    @property
+    def version(self) -> tuple[str, str | None] | None:
+        return (self.file.key, self.file.checksum) if self.file else None
+
+
+Invalidate = Callable[[pyfuse3.InodeT, str | None], None]
+"""(inode, None): drop the inode's cached data; (parent, name): drop a dentry."""
+
+
+class Tree:
+    def __init__(
+        self,
+        remote: Remote,
+        root_folder: str,
+        dir_cache_time: float,
+        invalidate: Invalidate,
+        now: float,
+    ) -> None:
+        self.remote = remote
+        self.root_folder = root_folder.strip("/")
+        self.dir_cache_time = dir_cache_time
+        self.invalidate = invalidate
+        self.nodes: dict[pyfuse3.InodeT, Node] = {}
+        self.started = now  # the time shown on folders (they have none of their own)
+        self._next = ROOT + 1
+        self._locks: dict[pyfuse3.InodeT, trio.Lock] = {}
+        root = Node(ROOT, ROOT, "", True, created=now)
+        root.lookups = 1  # the kernel never forgets the root
+        self.nodes[ROOT] = root
+
+    # -- the table ---------------------------------------------------------------------
+    def get(self, inode: pyfuse3.InodeT) -> Node:
+        try:
+            return self.nodes[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None  # a stale inode
+
+    def new(self, parent: Node, name: str, is_dir: bool, **kw: Any) -> Node:
+        kw.setdefault("created", self.started)
+        node = Node(pyfuse3.InodeT(self._next), parent.inode, name, is_dir, **kw)
+        self._next += 1
+        self.nodes[node.inode] = node
+        parent.children[name] = node.inode
+        return node
+
+    def child(self, parent: Node, name: str) -> Node | None:
+        inode = parent.children.get(name)
+        return self.nodes[inode] if inode is not None else None
+
+    def detach(self, node: Node, notify: bool = False) -> None:
+        """Take a node out of its directory; it lives on while looked up or open."""
+        parent = self.nodes.get(node.parent)
+        if parent is not None and parent.children.get(node.name) == node.inode:
+            del parent.children[node.name]
+            if notify:
+                self.invalidate(parent.inode, node.name)
+        node.attached = False
+        if node.is_dir:
+            for inode in list(node.children.values()):
+                self.detach(self.nodes[inode])
+        self.reap(node)
+
+    def move(self, node: Node, parent: Node, name: str) -> None:
+        """Rename an entry (its subtree comes along)."""
+        old = self.nodes.get(node.parent)
+        if old is not None and old.children.get(node.name) == node.inode:
+            del old.children[node.name]
+        node.parent, node.name, node.attached = parent.inode, name, True
+        parent.children[name] = node.inode
+
+    def forget(self, inode: pyfuse3.InodeT, count: int) -> None:
+        node = self.nodes.get(inode)
+        if node is None:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self.reap(node)
+
+    def reap(self, node: Node) -> None:
+        if node.attached or node.lookups or node.opens or node.inode == ROOT:
+            return
+        if node.staged is not None and node.staged.pending:
+            return  # the uploader still needs it; it reaps it when done
+        if node.staged is not None:
+            node.staged.discard()
+        self.nodes.pop(node.inode, None)
+        self._locks.pop(node.inode, None)
+
+    # -- paths -------------------------------------------------------------------------
+    def folder_of(self, node: Node) -> str:
+        """The remote folder of a directory node."""
+        parts: list[str] = []
+        while node.inode != ROOT:
+            parts.append(node.name)
+            node = self.nodes[node.parent]
+        if self.root_folder:
+            parts.append(self.root_folder)
+        return "/".join(reversed(parts))
+
+    def location(self, node: Node) -> tuple[str, str]:
+        """(folder, name) of a file node."""
+        return self.folder_of(self.nodes[node.parent]), node.name
+
+    def find_dir(self, folder: str) -> Node | None:
+        """The loaded directory node of a remote folder, if any."""
+        if self.root_folder:
+            if folder != self.root_folder and not folder.startswith(self.root_folder + "/"):
+                return None
+            folder = folder[len(self.root_folder) + 1 :]
+        node = self.nodes[ROOT]
+        for part in folder.split("/") if folder else []:
+            child = self.child(node, part)
+            if child is None or not child.is_dir:
+                return None
+            node = child
+        return node
+
+    @staticmethod
+    def _pending(node: Node) -> bool:
+        return node.staged is not None and node.staged.pending
+
+    def walk(self, node: Node) -> Iterator[Node]:
+        yield node
+        for inode in list(node.children.values()):
+            yield from self.walk(self.nodes[inode])
+
+    # -- the directory cache -----------------------------------------------------------
+    def stale(self, node: Node) -> bool:
+        return node.listed_at is None or trio.current_time() - node.listed_at >= self.dir_cache_time
+
+    async def refresh(self, node: Node, *, force: bool = False) -> None:
+        """List the folder if the cached listing is stale. Offline, a cached listing stays."""
+        if not force and not self.stale(node):
+            return
+        lock = self._locks.setdefault(node.inode, trio.Lock())
+        started = trio.current_time()
+        async with lock:
+            if node.listed_at is not None and node.listed_at >= started and not force:
+                return  # someone listed it while we waited
+            folder = self.folder_of(node)
+            try:
+                files = await self.remote.list_folder(folder)
+                folders = await self.remote.list_folders(folder)
+            except Unavailable:
+                if node.listed_at is None:
+                    raise
+                log.warning("listing %r failed; serving the cached listing", folder)
+                return
+            except NotFound:
+                files, folders = [], []
+            self.merge(node, {f.name for f in folders}, files)
+            node.listed_at = trio.current_time()
+
+    def merge(self, node: Node, folders: set[str], files: list[RemoteFile]) -> None:
+        shown = visible_names(files, folders)
+        for name, inode in list(node.children.items()):
+            child = self.nodes[inode]
+            if self._pending(child):
+                continue  # our own unfinished write is the truth
+            if child.is_dir and name in folders:
+                continue
+            remote = shown.get(name)
+            if not child.is_dir and remote is not None:
+                changed = child.version != (remote.key, remote.checksum)
+                if changed and child.kernel_version is not None:
+                    self.invalidate(child.inode, None)
+                child.file = remote
+                continue
+            if child.is_dir and any(self._pending(n) for n in self.walk(child)):
+                continue  # a folder we hold unfinished writes in
+            self.detach(child, notify=True)
+        for name in folders:
+            if name not in node.children:
+                self.new(node, name, True)
+        for name, remote in shown.items():
+            if name not in node.children:
+                self.new(node, name, False, file=remote)

@@ -1,0 +1,264 @@
+"""The write path's second half: staged bytes -> the remote, through the journal.
+
+Write-through (default): close (flush) uploads and returns its error. --write-back N:
+close journals and returns; the upload runs N seconds later in the background. Either
+way the journal row exists before close returns, so a crash loses nothing: the next
+mount resumes what it finds. A replaced file is swapped only after the new upload
+succeeded (upload the new object, then delete the old key).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+
+import trio
+
+from ..errors import InvalidRequest, NotFound, StowfsError, TooLarge, UnsupportedMediaType
+from ..remote.base import Remote, RemoteFile
+from .journal import Entry, Journal
+from .staging import Staged
+from .tree import Node, Tree
+
+log = logging.getLogger(__name__)
+
+# The remote will never take these bytes as they are: keeping them helps no one.
+REFUSED = (TooLarge, UnsupportedMediaType, InvalidRequest)
+MAX_BACKOFF = 300.0
+PARALLEL = 8  # background uploads at a time
+
+
+class Uploader:
+    def __init__(
+        self, remote: Remote, tree: Tree, journal: Journal, write_back: float | None
+    ) -> None:
+        self.remote = remote
+        self.tree = tree
+        self.journal = journal
+        self.write_back = write_back
+        self.drop_folder = not remote.capabilities.list
+        self._due: dict[Node, float] = {}  # nodes waiting for the background uploader
+        self._backoff: dict[Node, float] = {}
+        self._orphans: list[Entry] = []  # journal rows of an earlier mount
+        self._active: set[Node] = set()  # uploading in the background now
+        self._parallel = trio.CapacityLimiter(PARALLEL)
+        self._wake = trio.Event()
+
+    # -- called by the operations ------------------------------------------------------
+    def metadata_of(self, staged: Staged) -> dict[str, object]:
+        return {**staged.metadata, "mtime": staged.mtime}
+
+    async def record(self, node: Node) -> None:
+        """Journal a node's pending upload (or update where it goes)."""
+        staged = node.staged
+        if staged is None or not staged.pending:
+            return
+        folder, name = self.tree.location(node)
+        staged.journal_id = await trio.to_thread.run_sync(
+            self.journal.record,
+            staged.journal_id,
+            staged.path,
+            folder,
+            name,
+            node.file.key if node.file else None,
+            self.metadata_of(staged),
+        )
+
+    async def commit(self, node: Node) -> None:
+        """Called on close: upload now (errors raised) or schedule it (write-back)."""
+        staged = node.staged
+        if staged is None or not staged.dirty:
+            return
+        await self.record(node)
+        if self.write_back is not None:
+            self.schedule(node, self.write_back)
+            return
+        try:
+            await self.upload(node)
+        except REFUSED:
+            await self.reject(node)
+            raise
+        except (StowfsError, OSError):
+            # down, quota, key: may change; the bytes stay journaled and are retried
+            self.schedule(node, self._next_backoff(node))
+            raise
+
+    def schedule(self, node: Node, delay: float) -> None:
+        self._due[node] = trio.current_time() + delay
+        self._wake.set()
+
+    async def reject(self, node: Node) -> None:
+        """The remote refused these bytes for good (too large, not an image...): the
+        writer was told by close; drop the journal row, keep nothing pending."""
+        staged = node.staged
+        if staged is None:
+            return
+        staged.uploaded = staged.generation
+        self._due.pop(node, None)
+        if staged.journal_id is not None:
+            await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
+            staged.journal_id = None
+        log.error("upload of %s refused by the remote; the change was not kept", node.name)
+        if node.file is None:
+            self.tree.detach(node, notify=True)
+        elif node.opens == 0:
+            node.staged = None
+            staged.discard()
+
+    async def cancel(self, node: Node) -> None:
+        """The node was unlinked: its pending bytes go nowhere."""
+        staged = node.staged
+        self._due.pop(node, None)
+        if staged is not None:
+            staged.uploaded = staged.generation
+            if staged.journal_id is not None:
+                await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
+                staged.journal_id = None
+
+    async def upload(self, node: Node) -> None:
+        staged = node.staged
+        assert staged is not None
+        async with staged.lock:
+            while staged.dirty and node.attached:
+                generation = staged.generation
+                folder, name = self.tree.location(node)
+                staged.uploading = True
+                try:
+                    new = await self.remote.upload(
+                        staged.path, folder, name, self.metadata_of(staged)
+                    )
+                finally:
+                    staged.uploading = False
+                staged.uploaded = generation
+                await self._swap(node, new)
+        if not node.attached and node.file is not None:
+            # unlinked while its upload ran: the object must not survive the unlink
+            await self._delete(node.file.key)
+        if not staged.dirty:
+            self._due.pop(node, None)
+            self._backoff.pop(node, None)
+            if staged.journal_id is not None:
+                await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
+                staged.journal_id = None
+            if node.opens == 0 and node.staged is staged:
+                node.staged = None
+                staged.discard()
+            self.tree.reap(node)
+
+    async def _swap(self, node: Node, new: RemoteFile) -> None:
+        old = node.file
+        kept = node.kernel_version is not None and node.kernel_version == node.version
+        node.file = new
+        if kept or node.kernel_version is None:
+            node.kernel_version = node.version  # the kernel holds exactly these bytes
+        if self.drop_folder:
+            await trio.to_thread.run_sync(self.journal.add_drop, new)
+        if old is not None and old.key != new.key:
+            await self._delete(old.key)
+
+    async def _delete(self, key: str) -> None:
+        """Delete a replaced object; a write-only remote keeps it, our record drops it."""
+        if self.drop_folder:
+            await trio.to_thread.run_sync(self.journal.remove_drop, key)
+        if not self.remote.capabilities.delete:
+            return
+        with contextlib.suppress(NotFound):
+            await self.remote.delete(key)
+
+    def _next_backoff(self, node: Node) -> float:
+        delay = min(self._backoff.get(node, 0.5) * 2, MAX_BACKOFF)
+        self._backoff[node] = delay
+        return delay
+
+    # -- the background task ---------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background uploads (write-back, retries, an earlier mount's journal), several
+        at a time."""
+        self._orphans = await trio.to_thread.run_sync(self.journal.pending)
+        if self._orphans:
+            log.warning("resuming %d journaled upload(s) of an earlier mount", len(self._orphans))
+        task_status.started()
+        orphans_due = 0.0
+        orphan_delay = 0.0
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                if self._orphans and now >= orphans_due:
+                    ok = await self._resume_orphans()
+                    orphan_delay = 0.0 if ok else min(max(orphan_delay * 2, 1.0), MAX_BACKOFF)
+                    orphans_due = now + orphan_delay
+                waiting = {n: due for n, due in self._due.items() if n not in self._active}
+                for node, due in waiting.items():
+                    if due <= now:
+                        del self._due[node]
+                        self._active.add(node)
+                        nursery.start_soon(self._background, node)
+                later = [due for n, due in self._due.items() if n not in self._active]
+                wait = min(later, default=math.inf) - trio.current_time()
+                if self._orphans:
+                    wait = min(wait, orphans_due - trio.current_time())
+                self._wake = trio.Event()
+                with trio.move_on_after(max(wait, 0)):
+                    await self._wake.wait()
+
+    async def _background(self, node: Node) -> None:
+        try:
+            async with self._parallel:
+                if node.staged is not None and node.staged.dirty:
+                    await self.upload(node)
+        except (StowfsError, OSError) as exc:
+            delay = self._next_backoff(node)
+            log.warning(
+                "upload of %s failed: %s; kept journaled, retry in %.0fs", node.name, exc, delay
+            )
+            self._due[node] = trio.current_time() + delay
+        finally:
+            self._active.discard(node)
+            self._wake.set()
+
+    async def _resume_orphans(self) -> bool:
+        """Upload rows left by an earlier mount; True when all went."""
+        left = []
+        for entry in self._orphans:
+            try:
+                await self._resume(entry)
+            except StowfsError as exc:
+                log.warning("journaled upload of %s/%s failed: %s", entry.folder, entry.name, exc)
+                left.append(entry)
+        self._orphans = left
+        return not left
+
+    async def _resume(self, entry: Entry) -> None:
+        if not await trio.to_thread.run_sync(entry.staging.exists):
+            log.error("journaled upload of %s/%s lost its staging file", entry.folder, entry.name)
+        else:
+            new = await self.remote.upload(entry.staging, entry.folder, entry.name, entry.metadata)
+            if self.drop_folder:
+                await trio.to_thread.run_sync(self.journal.add_drop, new)
+            if entry.replaces and entry.replaces != new.key:
+                await self._delete(entry.replaces)
+            await trio.to_thread.run_sync(entry.staging.unlink)
+            log.info("resumed upload of %s/%s", entry.folder, entry.name)
+        await trio.to_thread.run_sync(self.journal.remove, entry.id)
+        parent = self.tree.find_dir(entry.folder)
+        if parent is not None:
+            parent.listed_at = None  # show the resumed file
+
+    # -- shutdown ----------------------------------------------------------------------
+    def pending_nodes(self) -> list[Node]:
+        return [n for n in self.tree.nodes.values() if n.staged is not None and n.staged.dirty]
+
+    async def drain(self) -> int:
+        """Upload everything pending now; returns how many stay journaled."""
+        for node in self.pending_nodes():
+            await self.record(node)
+        await self._resume_orphans()
+        left = len(self._orphans)
+        for node in self.pending_nodes():
+            try:
+                await self.upload(node)
+            except StowfsError as exc:
+                log.warning("upload of %s failed at unmount: %s", node.name, exc)
+                left += 1
+        return left

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fs.harness import FS, collect_replies, mounted_ops
+from tests.fs.memremote import MemRemote
+from tests.fs.mountfix import Mount, new_mount
+from tests.livesrv import LiveServer
+
+
+@pytest.fixture
+def remote() -> MemRemote:
+    return MemRemote()
+
+
+@pytest.fixture
+async def fs(
+    remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[FS]:
+    collect_replies(monkeypatch)
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        yield fs
+
+
+@pytest.fixture
+def mount(live_server: LiveServer, tmp_path: Path) -> Iterator[Mount]:
+    """A real mount (`stowfs mount -f`) of a new team's storage on tmp_path/mnt."""
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    m.start()
+    try:
+        yield m
+    finally:
+        m.unmount()

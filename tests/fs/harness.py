@@ -1,0 +1,176 @@
+"""Drive `Operations` without a mount: path-level helpers over the FUSE handlers."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from stowfs.fs.operations import Operations
+from stowfs.fs.options import MountOptions
+from tests.fs.memremote import MemRemote
+
+CTX: Any = None  # the handlers never look at the request context
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Stands in for pyfuse3.SetattrFields (read-only outside a request)."""
+
+    update_size: bool = False
+    update_mtime: bool = False
+
+
+async def setattr_(
+    ops: Operations,
+    inode: pyfuse3.InodeT,
+    *,
+    size: int | None = None,
+    mtime_ns: int | None = None,
+    fh: pyfuse3.FileHandleT | None = None,
+) -> pyfuse3.EntryAttributes:
+    attr = pyfuse3.EntryAttributes()
+    if size is not None:
+        attr.st_size = size
+    if mtime_ns is not None:
+        attr.st_mtime_ns = mtime_ns
+    fields: Any = Fields(size is not None, mtime_ns is not None)
+    return await ops.setattr(inode, attr, fields, fh, CTX)
+
+
+def collect_replies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """readdir_reply needs a kernel token; record the entries instead."""
+
+    def reply(token: list[tuple[bytes, int]], name: bytes, attr: Any, next_id: int) -> bool:
+        token.append((name, attr.st_ino))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+
+
+class FS:
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self.invalidated: list[tuple[int, str | None]] = []
+
+    async def resolve(self, path: str) -> pyfuse3.InodeT:
+        inode = pyfuse3.ROOT_INODE
+        for part in [p for p in path.split("/") if p]:
+            inode = (await self.ops.lookup(inode, part.encode(), CTX)).st_ino
+        return inode
+
+    async def split(self, path: str) -> tuple[pyfuse3.InodeT, bytes]:
+        head, _, name = path.rstrip("/").rpartition("/")
+        return await self.resolve(head), name.encode()
+
+    async def listdir(self, path: str = "") -> list[str]:
+        fh = await self.ops.opendir(await self.resolve(path), CTX)
+        token: list[tuple[bytes, int]] = []
+        await self.ops.readdir(fh, 0, token)
+        await self.ops.releasedir(fh)
+        return sorted(name.decode() for name, _ in token)
+
+    async def stat(self, path: str) -> pyfuse3.EntryAttributes:
+        return await self.ops.getattr(await self.resolve(path), CTX)
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.resolve(path)
+        except pyfuse3.FUSEError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return False
+        return True
+
+    async def open(self, path: str, flags: int = os.O_RDONLY) -> pyfuse3.FileHandleT:
+        try:
+            inode = await self.resolve(path)
+        except pyfuse3.FUSEError as exc:
+            if exc.errno != errno.ENOENT or not flags & os.O_CREAT:
+                raise
+            parent, name = await self.split(path)
+            info, _ = await self.ops.create(parent, name, 0o644, flags, CTX)
+            return info.fh
+        return (await self.ops.open(inode, flags, CTX)).fh
+
+    async def close(self, fh: pyfuse3.FileHandleT) -> None:
+        try:
+            await self.ops.flush(fh)
+        finally:
+            await self.ops.release(fh)
+
+    async def write_file(self, path: str, data: bytes, flags: int = os.O_TRUNC) -> None:
+        fh = await self.open(path, os.O_WRONLY | os.O_CREAT | flags)
+        try:
+            if data:
+                await self.ops.write(fh, 0, data)
+        finally:
+            await self.close(fh)
+
+    async def read_file(self, path: str, offset: int = 0, size: int = 1 << 30) -> bytes:
+        fh = await self.open(path)
+        try:
+            return await self.ops.read(fh, offset, size)
+        finally:
+            await self.ops.release(fh)
+
+    async def mkdir(self, path: str) -> None:
+        parent, name = await self.split(path)
+        await self.ops.mkdir(parent, name, 0o755, CTX)
+
+    async def rmdir(self, path: str) -> None:
+        parent, name = await self.split(path)
+        await self.ops.rmdir(parent, name, CTX)
+
+    async def unlink(self, path: str) -> None:
+        parent, name = await self.split(path)
+        await self.ops.unlink(parent, name, CTX)
+
+    async def rename(self, old: str, new: str, flags: int = 0) -> None:
+        p1, n1 = await self.split(old)
+        p2, n2 = await self.split(new)
+        await self.ops.rename(p1, n1, p2, n2, flags, CTX)
+
+    async def getxattr(self, path: str, name: str) -> bytes:
+        return await self.ops.getxattr(await self.resolve(path), name.encode(), CTX)
+
+    async def setxattr(self, path: str, name: str, value: bytes) -> None:
+        await self.ops.setxattr(await self.resolve(path), name.encode(), value, CTX)
+
+    async def listxattr(self, path: str) -> list[str]:
+        return sorted(n.decode() for n in await self.ops.listxattr(await self.resolve(path), CTX))
+
+    async def removexattr(self, path: str, name: str) -> None:
+        await self.ops.removexattr(await self.resolve(path), name.encode(), CTX)
+
+
+@asynccontextmanager
+async def mounted_ops(remote: MemRemote, cache_dir: Path, **options: Any) -> AsyncIterator[FS]:
+    """Operations over `remote`, started in a nursery (no kernel involved)."""
+    options.setdefault("dir_cache_time", 1000.0)
+    options.setdefault("block_size", 64 * 1024)
+    opts = MountOptions(cache_dir=cache_dir, **options)
+    fs_holder: list[FS] = []
+
+    def invalidate(inode: int, name: str | None) -> None:
+        fs_holder[0].invalidated.append((inode, name))
+
+    ops = Operations(remote, opts, invalidate)
+    fs = FS(ops)
+    fs_holder.append(fs)
+    async with trio.open_nursery() as nursery:
+        await ops.start(nursery)
+        try:
+            yield fs
+        finally:
+            nursery.cancel_scope.cancel()
+    with trio.CancelScope(shield=True):
+        await ops.shutdown()

@@ -1,0 +1,56 @@
+"""The embedded default: `stowfs mount DIR` with no remote runs its own local server."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from tests.fs.mountfix import wait_for
+from tests.livesrv import stowfs_cmd
+
+
+def serve_processes(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if " serve " in cmdline and marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_mount_without_remote_uses_the_local_store(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+
+    def stowfs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(stowfs_cmd(*args), env=env, capture_output=True, text=True)
+
+    for round_ in range(2):  # the second mount finds the first one's key and data
+        done = stowfs("mount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        try:
+            assert os.path.ismount(mnt)
+            if round_ == 0:
+                (mnt / "hello.txt").write_text("local")
+            else:
+                assert (mnt / "hello.txt").read_text() == "local"
+            assert serve_processes(str(tmp_path))  # its own server process
+        finally:
+            done = stowfs("unmount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert not os.path.ismount(mnt)
+        wait_for(lambda: not serve_processes(str(tmp_path)), 20, "the server to end")
+    key_file = tmp_path / "data/stowfs/local/local.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600

@@ -1,0 +1,311 @@
+"""Real mounts driven by real shell tools, checked against the server's API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fs.mountfix import Mount, wait_for
+from tests.livesrv import LiveServer
+
+
+def sh(*cmd: str | Path) -> str:
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    assert done.returncode == 0, f"{cmd}: {done.stderr}"
+    return done.stdout
+
+
+def fails(*cmd: str | Path) -> str:
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    assert done.returncode != 0, f"{cmd} succeeded"
+    return done.stderr
+
+
+def upload(m: Mount, folder: str, name: str, data: bytes, metadata: dict[str, object]) -> None:
+    """Another client's upload (the storage dialect's presigned POST)."""
+    with m.api() as api:
+        body = {"filename": name, "folder": folder, "metadata": metadata}
+        grant = api.post("/files/upload-url", json=body).json()
+        r = api.post(
+            grant["upload_url"],
+            data=grant["upload_fields"],
+            files={"file": (name, data)},
+            headers={"X-API-Key": ""},
+        )
+        assert r.status_code == 204, r.text
+
+
+def test_copy_list_read_edit_remove(mount: Mount, tmp_path: Path) -> None:
+    mnt = mount.path
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    sh("cp", src, mnt / "a.bin")
+    assert mount.remote_bytes(mount.remote_file("a.bin")) == src.read_bytes()
+    assert "a.bin" in sh("ls", "-l", mnt)
+    assert sh("stat", "-c", "%s", mnt / "a.bin").strip() == "300000"
+    sh("cmp", src, mnt / "a.bin")
+
+    sh("mkdir", mnt / "dir")
+    sh("mv", mnt / "a.bin", mnt / "dir/b.bin")
+    assert [f["filename"] for f in mount.remote_files("dir")] == ["b.bin"]
+    assert [f["filename"] for f in mount.remote_files("")] == []
+
+    with open(mnt / "dir/b.bin", "ab") as f:  # append
+        f.write(b"tail")
+    sh("truncate", "-s", "10", mnt / "dir/b.bin")
+    expected = src.read_bytes()[:10]
+    assert (mnt / "dir/b.bin").read_bytes() == expected
+    assert mount.remote_bytes(mount.remote_file("dir/b.bin")) == expected
+    assert len(mount.remote_files("dir")) == 1  # replaced, not duplicated
+
+    sh("touch", "-d", "2020-02-02 02:02:02 UTC", mnt / "dir/b.bin")
+    assert sh("stat", "-c", "%Y", mnt / "dir/b.bin").strip() == "1580608922"
+    assert mount.remote_file("dir/b.bin")["metadata"]["mtime"] == 1580608922.0
+
+    sh("cp", "-p", mnt / "dir/b.bin", mnt / "dir/c.bin")
+    assert sh("stat", "-c", "%Y", mnt / "dir/c.bin").strip() == "1580608922"
+
+    assert "Directory not empty" in fails("rmdir", mnt / "dir")
+    sh("mv", mnt / "dir", mnt / "moved")
+    assert sorted(f["filename"] for f in mount.remote_files("moved")) == ["b.bin", "c.bin"]
+    sh("rm", mnt / "moved/b.bin", mnt / "moved/c.bin")
+    sh("rmdir", mnt / "moved")
+    assert mount.remote_files() == []
+    assert sh("ls", "-A", mnt) == ""
+
+
+def test_refused_operations(mount: Mount) -> None:
+    mnt = mount.path
+    sh("touch", mnt / "f")
+    assert "Operation not permitted" in fails("ln", "-s", "f", mnt / "l")
+    assert "Operation not permitted" in fails("ln", mnt / "f", mnt / "h")
+    assert "Operation not permitted" in fails("mkfifo", mnt / "p")
+    sh("chmod", "600", mnt / "f")  # accepted, not stored
+    assert "No such file" in fails("cat", mnt / "missing")
+
+
+def test_xattrs_against_the_server(mount: Mount) -> None:
+    mnt = mount.path
+    upload(mount, "", "img.png", b"png", {"prompt": "a red fox", "seed": 7, "tags": ["x"]})
+    f = mnt / "img.png"
+    wait_for(f.exists, 10, "the upload to appear")
+    assert sh("getfattr", "--only-values", "-n", "user.prompt", f) == "a red fox"
+    assert sh("getfattr", "--only-values", "-n", "user.seed", f) == "7"
+    dump = sh("getfattr", "-d", f)
+    for name in ("user.tags", "user.stowfs.key", "user.stowfs.url", "user.stowfs.checksum"):
+        assert name in dump
+    sh("setfattr", "-n", "user.seed", "-v", "8", f)
+    sh("setfattr", "-n", "user.note", "-v", "hello", f)
+    os.setxattr(f, "user.label", b'"8"')  # setfattr would strip the quotes itself
+    sh("setfattr", "-x", "user.prompt", f)
+    meta = mount.remote_file("img.png")["metadata"]
+    assert (meta["seed"], meta["note"], meta["label"]) == (8, "hello", "8")
+    assert "prompt" not in meta
+    assert os.getxattr(f, "user.label") == b'"8"'  # round trip
+    assert "Argument list too long" in fails("setfattr", "-n", "user.big", "-v", "x" * 11000, f)
+    assert "No such attribute" in fails("getfattr", "-n", "user.nope", f)
+    assert "No such attribute" in fails("getfattr", "-n", "trusted.x", f)
+    url = sh("getfattr", "--only-values", "-n", "user.stowfs.url", f)
+    with mount.api() as api:
+        assert api.get(url).content == b"png"
+    sh("setfattr", "-n", "user.stowfs.public", "-v", "true", f)
+    assert mount.remote_file("img.png")["is_public"] is True
+    public = sh("getfattr", "--only-values", "-n", "user.stowfs.public_url", f)
+    assert public.startswith("http")
+
+
+def test_duplicates_and_remote_changes(mount: Mount) -> None:
+    mnt = mount.path
+    sh("ls", mnt)  # the root listing is cached now
+    upload(mount, "", "cat.png", b"old", {})
+    upload(mount, "", "cat.png", b"new", {})
+    wait_for(lambda: len(os.listdir(mnt)) == 2, 10, "both objects")
+    names = sorted(os.listdir(mnt))
+    assert names[0] == "cat.png"
+    assert names[1].startswith("cat~")
+    assert names[1].endswith(".png")
+    assert (mnt / "cat.png").read_bytes() == b"new"
+    assert (mnt / names[1]).read_bytes() == b"old"
+    with mount.api() as api:  # deleted elsewhere: gone within --dir-cache-time
+        key = next(f for f in mount.remote_files() if f["size"] == 3)["object_key"]
+        api.delete("/files/storage/file", params={"object_key": key})
+    wait_for(lambda: len(os.listdir(mnt)) == 1, 10, "the delete to show")
+
+
+def test_df_shows_the_plan(mount: Mount) -> None:
+    (mount.path / "f").write_bytes(b"x" * 1_000_000)
+    out = sh("df", "-B1", "--output=size,used", mount.path).split()
+    size, used = int(out[-2]), int(out[-1])
+    assert size == 10 * 1024**3  # plan pro
+    wait_for(lambda: os.statvfs(mount.path).f_bfree < size // 4096, 10, "usage")
+    assert used >= 0
+
+
+def test_parallel_cp(mount: Mount, tmp_path: Path) -> None:
+    sources = []
+    for i in range(8):
+        src = tmp_path / f"p{i}"
+        src.write_bytes(os.urandom(200_000 + i))
+        sources.append(src)
+    procs = [subprocess.Popen(["cp", str(s), str(mount.path / s.name)]) for s in sources]
+    assert [p.wait(60) for p in procs] == [0] * 8
+    remote = {f["filename"]: f for f in mount.remote_files()}
+    for src in sources:
+        assert mount.remote_bytes(remote[src.name]) == src.read_bytes()
+        assert (mount.path / src.name).read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["stowfs", "fusermount3"])
+def test_unmount_uploads_what_is_pending(live_server: LiveServer, tmp_path: Path, how: str) -> None:
+    from tests.fs.mountfix import new_mount
+
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    m.start("--write-back", "600", foreground=False)
+    try:
+        (m.path / "late").write_bytes(b"written back")
+        assert m.remote_files() == []  # close returned before the upload
+        if how == "stowfs":
+            sh(*m.command()[:3], "unmount", m.path)  # returns once uploads are done
+        else:
+            sh("fusermount3", "-u", m.path)
+            m.unmount()  # waits for the process to finish its uploads and exit
+        assert not os.path.ismount(m.path)
+        assert m.remote_bytes(m.remote_file("late")) == b"written back"
+    finally:
+        m.unmount()
+    log = (m.cache / "mount.log").read_text()
+    assert "1 upload(s) pending" in log
+    assert "all pending uploads finished" in log
+
+
+def test_mount_errors_are_one_line(live_server: LiveServer, tmp_path: Path) -> None:
+    from tests.fs.mountfix import new_mount
+
+    m = new_mount(tmp_path, live_server.base_url, "not-a-key")
+    closed = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
+    cases = [
+        (tmp_path / "missing", live_server.base_url, "does not exist"),
+        (m.path, live_server.base_url, "API key"),
+        (m.path, closed, "cannot reach"),
+    ]
+    for path, url, expected in cases:
+        cmd = m.command("--retry-time", "0.5")
+        cmd[cmd.index(str(m.path))] = str(path)
+        cmd[cmd.index(live_server.base_url)] = url
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode != 0
+        assert expected in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_busy_mountpoint(mount: Mount) -> None:
+    done = subprocess.run(mount.command(), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "busy" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("remount", [False, True])
+def test_kill9_with_write_back_pending(
+    live_server: LiveServer, tmp_path: Path, remount: bool
+) -> None:
+    from tests.fs.mountfix import new_mount
+
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    m.start("--write-back", "600")
+    data = {f"f{i}": os.urandom(50_000 + i) for i in range(5)}
+    try:
+        for name, content in data.items():
+            (m.path / name).write_bytes(content)
+        assert m.remote_files() == []
+        m.kill9(clean_up=remount)
+        if remount:
+            m.start()
+            wait_for(lambda: len(m.remote_files()) == 5, 20, "the resumed uploads")
+            for name, content in data.items():
+                assert m.remote_bytes(m.remote_file(name)) == content
+                assert (m.path / name).read_bytes() == content
+        else:
+            assert len(list((m.cache / "staging").iterdir())) == 5  # every byte on disk
+            done = subprocess.run(m.command(), capture_output=True, text=True)
+            assert done.returncode != 0
+            assert f"run: fusermount3 -u {m.path}" in done.stderr  # the dead mount, named
+            subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=True)
+    finally:
+        m.unmount()
+
+
+def test_write_only_dialect_is_a_drop_folder(live_server: LiveServer, tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from tests.fs.mountfix import new_mount
+
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(image, "PNG")
+    src = tmp_path / "red.png"
+    src.write_bytes(image.getvalue())
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    m.start("--dialect", "images")
+    try:
+        sh("cp", src, m.path / "red.png")
+        assert sh("ls", m.path).split() == ["red.png"]
+        url = sh("getfattr", "--only-values", "-n", "user.stowfs.url", m.path / "red.png")
+        with m.api() as api:
+            assert api.get(url).content == src.read_bytes()
+        assert "Operation not permitted" in fails("mkdir", m.path / "sub")
+        m.unmount()
+        m.start("--dialect", "images")
+        assert sh("ls", m.path).split() == ["red.png"]  # from the mount's own record
+    finally:
+        m.unmount()
+
+
+def test_mount_options(live_server: LiveServer, tmp_path: Path) -> None:
+    from tests.fs.mountfix import new_mount
+
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    upload(m, "", "f.txt", b"data", {})
+    m.start("-o", "ro,uid=1234,gid=4321", "--umask", "077")
+    try:
+        assert sh("stat", "-c", "%u %g %a", m.path / "f.txt").split() == ["1234", "4321", "400"]
+        assert (m.path / "f.txt").read_bytes() == b"data"
+        assert "Read-only file system" in fails("touch", m.path / "new")
+    finally:
+        m.unmount()
+
+
+def test_named_remote_and_folder(live_server: LiveServer, tmp_path: Path) -> None:
+    from tests.fs.mountfix import new_mount
+    from tests.livesrv import stowfs_cmd
+
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    m.key_file.chmod(0o600)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    base = ["--url", m.base_url, "--key-file", str(m.key_file)]
+    done = subprocess.run(stowfs_cmd("remote", "add", "work", *base), env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    upload(m, "proj/in", "ref.png", b"ref", {})
+    cmd = stowfs_cmd("mount", "work:proj", str(m.path), "--cache-dir", str(m.cache))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    try:
+        assert os.listdir(m.path) == ["in"]
+        assert (m.path / "in/ref.png").read_bytes() == b"ref"
+        (m.path / "out.txt").write_text("result")
+        assert m.remote_bytes(m.remote_file("proj/out.txt")) == b"result"
+    finally:
+        sh(*stowfs_cmd("unmount", str(m.path)))
+
+
+def test_kernel_read_ahead_is_raised(mount: Mount) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root may set a device's read-ahead")
+    os.listdir(mount.path)  # the first request, after the kernel's INIT
+    st = os.stat(mount.path)
+    knob = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+    wait_for(lambda: knob.read_text().strip() == "1024", 10, "the read-ahead")

@@ -1,0 +1,416 @@
+"""The FUSE handlers over the in-memory remote: fast and precise, no kernel."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pyfuse3
+import pytest
+import trio
+import trio.testing
+
+from stowfs.errors import AuthFailed, Forbidden, QuotaExceeded, RemoteError, TooLarge, Unavailable
+from stowfs.fs.names import disambiguated
+from tests.fs.harness import CTX, FS, mounted_ops, setattr_
+from tests.fs.memremote import MemRemote
+
+
+def fuse_errno(exc: pytest.ExceptionInfo[pyfuse3.FUSEError]) -> int:
+    return exc.value.errno
+
+
+async def test_listing_shows_folders_and_files(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "a.txt", b"hello")
+    remote.put("sub", "b.bin", b"x" * 10)
+    assert await fs.listdir() == ["a.txt", "sub"]
+    assert await fs.listdir("sub") == ["b.bin"]
+    attr = await fs.stat("sub/b.bin")
+    assert attr.st_size == 10
+    assert await fs.read_file("a.txt") == b"hello"
+    assert await fs.read_file("a.txt", offset=1, size=3) == b"ell"
+
+
+async def test_duplicate_names_are_all_shown(fs: FS, remote: MemRemote) -> None:
+    old = remote.put("", "cat.png", b"old")
+    remote.put("", "cat.png", b"new")
+    other = f"{disambiguated('cat.png', old.key)}"
+    assert other.startswith("cat~")
+    assert other.endswith(".png")
+    assert await fs.listdir() == sorted(["cat.png", other])
+    assert await fs.read_file("cat.png") == b"new"
+    assert await fs.read_file(other) == b"old"
+
+
+async def test_create_uploads_on_close(fs: FS, remote: MemRemote) -> None:
+    await fs.write_file("new.txt", b"data")
+    [f] = remote.by_path("new.txt")
+    assert remote.blobs[f.key] == b"data"
+    assert isinstance(f.metadata["mtime"], float)
+    assert await fs.read_file("new.txt") == b"data"
+    assert not list((fs.ops.staging_dir).iterdir())  # staging cleaned up
+
+
+async def test_empty_create_makes_an_object(fs: FS, remote: MemRemote) -> None:
+    await fs.write_file("empty", b"")
+    [f] = remote.by_path("empty")
+    assert f.size == 0
+
+
+async def test_edit_in_place_replaces_after_upload(fs: FS, remote: MemRemote) -> None:
+    old = remote.put("", "f.txt", b"hello world", {"prompt": "a cat"})
+    fh = await fs.open("f.txt", os.O_RDWR)
+    await fs.ops.write(fh, 6, b"WORLD")
+    await fs.close(fh)
+    [new] = remote.by_path("f.txt")
+    assert new.key != old.key
+    assert old.key not in remote.files
+    assert remote.blobs[new.key] == b"hello WORLD"
+    assert new.metadata["prompt"] == "a cat"  # metadata follows the edit
+
+
+async def test_append_and_truncate(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "f", b"12345")
+    fh = await fs.open("f", os.O_WRONLY | os.O_APPEND)
+    await fs.ops.write(fh, 5, b"678")
+    await fs.close(fh)
+    assert remote.blobs[remote.by_path("f")[0].key] == b"12345678"
+    await setattr_(fs.ops, await fs.resolve("f"), size=3)  # truncate(2): no close follows
+    assert remote.blobs[remote.by_path("f")[0].key] == b"123"
+    assert (await fs.stat("f")).st_size == 3
+
+
+async def test_failed_replacement_keeps_the_old_object(fs: FS, remote: MemRemote) -> None:
+    old = remote.put("", "f", b"old")
+    remote.fail["upload"] = Unavailable("down", status=503)
+    fh = await fs.open("f", os.O_WRONLY | os.O_TRUNC)
+    await fs.ops.write(fh, 0, b"new bytes")
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.ops.flush(fh)
+    assert fuse_errno(exc) == errno.EIO
+    assert remote.files[old.key].size == 3  # untouched
+    assert await fs.ops.read(fh, 0, 100) == b"new bytes"  # nothing lost locally
+    await fs.close(fh)  # the retry on close goes through
+    [new] = remote.by_path("f")
+    assert remote.blobs[new.key] == b"new bytes"
+
+
+async def test_refused_upload_reaches_close(fs: FS, remote: MemRemote) -> None:
+    remote.fail["upload"] = TooLarge("big", status=413)
+    fh = await fs.open("x.bin", os.O_WRONLY | os.O_CREAT)
+    await fs.ops.write(fh, 0, b"abc")
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.ops.flush(fh)
+    assert fuse_errno(exc) == errno.EFBIG
+    await fs.ops.release(fh)
+    assert not remote.by_path("x.bin")
+    assert not await fs.exists("x.bin")  # a refused new file is not shown
+    assert await trio.to_thread.run_sync(fs.ops.journal.pending) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (QuotaExceeded("full", status=507), errno.ENOSPC),
+        (AuthFailed("key", status=401), errno.EACCES),
+        (Forbidden("policy", status=403), errno.EACCES),
+    ],
+)
+async def test_failed_upload_reaches_close_and_is_kept(
+    fs: FS, remote: MemRemote, error: RemoteError, code: int
+) -> None:
+    remote.fail["upload"] = error
+    fh = await fs.open("x.bin", os.O_WRONLY | os.O_CREAT)
+    await fs.ops.write(fh, 0, b"abc")
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.ops.flush(fh)
+    assert fuse_errno(exc) == code
+    await fs.ops.release(fh)
+    assert await fs.read_file("x.bin") == b"abc"  # nothing lost
+    assert len(await trio.to_thread.run_sync(fs.ops.journal.pending)) == 1
+    assert await fs.ops.uploader.drain() == 0  # the condition cleared: it goes up
+    [f] = remote.by_path("x.bin")
+    assert remote.blobs[f.key] == b"abc"
+
+
+async def test_legal_hold_refuses_unlink(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "held", b"1", {"legal_hold": True})
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.unlink("held")
+    assert fuse_errno(exc) == errno.EPERM
+    assert await fs.listdir() == ["held"]
+
+
+async def test_unlink_mkdir_rmdir(fs: FS, remote: MemRemote) -> None:
+    remote.put("d", "f", b"1")
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.rmdir("d")
+    assert fuse_errno(exc) == errno.ENOTEMPTY
+    await fs.unlink("d/f")
+    assert remote.files == {}
+    await fs.rmdir("d")
+    assert "d" not in remote.folders
+    await fs.mkdir("e")
+    assert "e" in remote.folders
+    assert await fs.listdir() == ["e"]
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.mkdir("e")
+    assert fuse_errno(exc) == errno.EEXIST
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.unlink("nope")
+    assert fuse_errno(exc) == errno.ENOENT
+
+
+async def test_rename_file_over_existing(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "a", b"A")
+    remote.put("", "b", b"B")
+    inode = await fs.resolve("a")
+    await fs.rename("a", "b")
+    assert await fs.listdir() == ["b"]
+    assert await fs.resolve("b") == inode  # inode follows the file
+    [f] = remote.files.values()
+    assert (f.name, remote.blobs[f.key]) == ("b", b"A")
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.rename("b", "b2", pyfuse3.RENAME_EXCHANGE)
+    assert fuse_errno(exc) == errno.EINVAL
+
+
+async def test_rename_folder_moves_every_file(fs: FS, remote: MemRemote) -> None:
+    remote.put("x", "1", b"1")
+    remote.put("x/y", "2", b"2")
+    await fs.listdir("x/y")
+    await fs.rename("x", "z")
+    assert sorted(f.path for f in remote.files.values()) == ["z/1", "z/y/2"]
+    assert "x" not in remote.folders
+    assert await fs.read_file("z/y/2") == b"2"
+
+
+async def test_rename_of_staged_file_is_local(fs: FS, remote: MemRemote) -> None:
+    fh = await fs.open("tmp", os.O_WRONLY | os.O_CREAT)
+    await fs.ops.write(fh, 0, b"zz")
+    await fs.rename("tmp", "final")
+    assert remote.calls["move"] == 0
+    await fs.close(fh)
+    [f] = remote.files.values()
+    assert f.name == "final"
+
+
+async def test_mtime_is_kept_in_metadata(fs: FS, remote: MemRemote) -> None:
+    f = remote.put("", "f", b"1")
+    out = await setattr_(fs.ops, await fs.resolve("f"), mtime_ns=1_600_000_000_500_000_000)
+    assert out.st_mtime_ns == 1_600_000_000_500_000_000
+    assert remote.files[f.key].metadata["mtime"] == 1_600_000_000.5
+
+
+async def test_xattrs_round_trip(fs: FS, remote: MemRemote) -> None:
+    f = remote.put("", "img.png", b"x", {"prompt": "a cat", "seed": 42, "tags": ["a", "b"]})
+    assert await fs.getxattr("img.png", "user.prompt") == b"a cat"
+    assert await fs.getxattr("img.png", "user.seed") == b"42"
+    assert await fs.getxattr("img.png", "user.tags") == b'["a","b"]'
+    names = await fs.listxattr("img.png")
+    assert {"user.prompt", "user.seed", "user.tags", "user.stowfs.url"} <= set(names)
+    await fs.setxattr("img.png", "user.seed", b"43")
+    await fs.setxattr("img.png", "user.note", b"42")  # a number
+    await fs.setxattr("img.png", "user.label", b'"42"')  # a string that looks like one
+    meta = remote.files[f.key].metadata
+    assert (meta["seed"], meta["note"], meta["label"]) == (43, 42, "42")
+    assert await fs.getxattr("img.png", "user.label") == b'"42"'
+    await fs.removexattr("img.png", "user.note")
+    assert "note" not in remote.files[f.key].metadata
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.removexattr("img.png", "user.note")
+    assert fuse_errno(exc) == pyfuse3.ENOATTR
+
+
+async def test_xattr_facts_and_public(fs: FS, remote: MemRemote) -> None:
+    f = remote.put("", "p", b"x")
+    assert await fs.getxattr("p", "user.stowfs.key") == f.key.encode()
+    assert (await fs.getxattr("p", "user.stowfs.url")).endswith(b"?fresh")
+    assert (await fs.getxattr("p", "user.stowfs.url_expires")).endswith(b"Z")
+    assert await fs.getxattr("p", "user.stowfs.public") == b"false"
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.getxattr("p", "user.stowfs.public_url")
+    assert fuse_errno(exc) == pyfuse3.ENOATTR
+    await fs.setxattr("p", "user.stowfs.public", b"true")
+    assert remote.files[f.key].is_public
+    assert (await fs.getxattr("p", "user.stowfs.public_url")).startswith(b"mem://public/")
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.setxattr("p", "user.stowfs.key", b"other")
+    assert fuse_errno(exc) == errno.EPERM
+
+
+async def test_xattr_limits_and_namespaces_never_call_the_network(
+    fs: FS, remote: MemRemote
+) -> None:
+    remote.put("", "p", b"x")
+    await fs.resolve("p")
+    before = sum(remote.calls.values())
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.setxattr("p", "user.big", b"x" * 11_000)
+    assert fuse_errno(exc) == errno.E2BIG
+    for name in ("security.capability", "system.posix_acl_access", "trusted.x", "user.none"):
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await fs.getxattr("p", name)
+        assert fuse_errno(exc) == pyfuse3.ENOATTR
+    assert sum(remote.calls.values()) == before
+
+
+async def test_refused_node_types(fs: FS) -> None:
+    for op in (fs.ops.symlink, fs.ops.link, fs.ops.mknod):
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await op()
+        assert fuse_errno(exc) == errno.EPERM
+
+
+async def test_statfs_reports_plan_usage(fs: FS, remote: MemRemote) -> None:
+    remote.limit_bytes = 1024 * 1024
+    remote.put("", "f", b"x" * 4096)
+    s = await fs.ops.statfs(CTX)
+    assert s.f_blocks * s.f_bsize == 1024 * 1024
+    assert s.f_bavail * s.f_bsize == 1024 * 1024 - 4096
+    assert s.f_ffree == 999
+
+
+async def test_lookup_counts_and_forget(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "f", b"1")
+    inode = await fs.resolve("f")
+    await fs.resolve("f")
+    node = fs.ops.tree.nodes[inode]
+    assert node.lookups == 2
+    await fs.unlink("f")
+    assert inode in fs.ops.tree.nodes  # still known to the kernel
+    await fs.ops.forget([(inode, 1)])
+    assert inode in fs.ops.tree.nodes
+    await fs.ops.forget([(inode, 1)])
+    assert inode not in fs.ops.tree.nodes
+
+
+async def test_random_read_fetches_only_its_blocks(fs: FS, remote: MemRemote) -> None:
+    data = os.urandom(64 * 1024 * 20)
+    remote.put("", "big", data)
+    fh = await fs.open("big")
+    assert await fs.ops.read(fh, 64 * 1024 * 7 + 5, 100) == data[64 * 1024 * 7 + 5 :][:100]
+    await fs.ops.release(fh)
+    assert remote.served == 64 * 1024  # one block, not the file
+
+
+async def test_sequential_reads_prefetch_and_cache(fs: FS, remote: MemRemote) -> None:
+    bs = 64 * 1024
+    data = os.urandom(bs * 12)
+    remote.put("", "big", data)
+    fh = await fs.open("big")
+    out = b""
+    for offset in range(0, len(data), 16 * 1024):
+        out += await fs.ops.read(fh, offset, 16 * 1024)
+    await fs.ops.release(fh)
+    assert out == data
+    assert remote.served == len(data)  # each byte once, read-ahead included
+    remote.down = True  # cached data stays readable offline
+    assert await fs.read_file("big", 0, len(data)) == data
+
+
+async def test_keep_cache_while_unchanged(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "f", b"one")
+    inode = await fs.resolve("f")
+    first = await fs.ops.open(inode, os.O_RDONLY, CTX)
+    second = await fs.ops.open(inode, os.O_RDONLY, CTX)
+    assert (first.keep_cache, second.keep_cache) == (False, True)
+    await fs.ops.release(first.fh)
+    await fs.ops.release(second.fh)
+    remote.put("", "f", b"two")  # replaced elsewhere
+    fs.ops.tree.nodes[pyfuse3.ROOT_INODE].listed_at = None
+    await fs.resolve("f")
+    assert (inode, None) in fs.invalidated
+    third = await fs.ops.open(inode, os.O_RDONLY, CTX)
+    assert not third.keep_cache
+    assert await fs.ops.read(third.fh, 0, 10) == b"two"
+    await fs.ops.release(third.fh)
+
+
+async def test_offline_listing_uses_the_cache(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "f", b"1")
+    assert await fs.listdir() == ["f"]
+    remote.down = True
+    fs.ops.tree.nodes[pyfuse3.ROOT_INODE].listed_at = -1e9
+    assert await fs.listdir() == ["f"]
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.unlink("f")
+    assert fuse_errno(exc) == errno.EIO
+
+
+async def test_write_back_and_resume(
+    remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache, write_back=0.0) as fs:
+        await fs.listdir()
+        remote.down = True  # uploads cannot happen: they stay journaled
+        await fs.write_file("a", b"pending bytes")  # close returns at once
+        assert await fs.read_file("a") == b"pending bytes"
+    assert remote.files == {}
+    remote.down = False
+    async with mounted_ops(remote, cache, write_back=0.0):
+        with trio.fail_after(5):
+            while not remote.by_path("a"):
+                await trio.sleep(0.01)
+    [f] = remote.by_path("a")
+    assert remote.blobs[f.key] == b"pending bytes"
+
+
+async def test_write_back_uploads_in_background(
+    remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: object
+) -> None:
+    async with mounted_ops(remote, tmp_path / "c", write_back=5.0) as fs:
+        await fs.write_file("a", b"x")
+        assert remote.calls["upload"] == 0
+        await trio.sleep(6)
+        assert [f.name for f in remote.files.values()] == ["a"]
+
+
+async def test_change_feed_invalidates(fs: FS, remote: MemRemote, autojump_clock: object) -> None:
+    from stowfs.fs.watcher import follow_changes
+
+    gone = remote.put("", "gone", b"1")
+    kept = remote.put("", "kept", b"1")
+    assert await fs.listdir() == ["gone", "kept"]
+    kept_inode = await fs.resolve("kept")
+    fh = await fs.open("kept")
+    await fs.ops.release(fh)  # the kernel caches its pages now
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow_changes, fs.ops.tree, 1.0)
+        await trio.sleep(0.5)  # the feed's cursor is taken
+        await remote.delete(gone.key)
+        remote.put("", "kept", b"2")  # replaced elsewhere
+        await remote.delete(kept.key)
+        remote.put("", "new", b"3")
+        await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
+    # dir_cache_time is 1000 s here: only the feed can have shown these
+    assert await fs.listdir() == ["kept", "new"]
+    assert (pyfuse3.ROOT_INODE, "gone") in fs.invalidated
+    assert (kept_inode, None) in fs.invalidated
+    assert await fs.read_file("kept") == b"2"
+
+
+async def test_rename_waits_for_an_upload_in_flight(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "a", b"old")
+    entered, gate = trio.Event(), trio.Event()
+    upload = remote.upload
+
+    async def slow_upload(*args: object, **kw: object) -> object:
+        entered.set()
+        await gate.wait()
+        return await upload(*args, **kw)  # type: ignore[arg-type]
+
+    remote.upload = slow_upload  # type: ignore[method-assign]
+    fh = await fs.open("a", os.O_WRONLY | os.O_TRUNC)
+    await fs.ops.write(fh, 0, b"new")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.close, fh)  # uploads to "a"...
+        await entered.wait()
+        nursery.start_soon(fs.rename, "a", "b")  # ...while the rename waits for it
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    assert {f.path: remote.blobs[f.key] for f in remote.files.values()} == {"b": b"new"}
+    assert await fs.listdir() == ["b"]

@@ -1,0 +1,229 @@
+"""A hypothesis state machine: random FUSE operations against a simple model
+(path -> bytes, and a set of folders); after every step the mount's view, and the
+remote's objects, equal the model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from stowfs.fs import xattrs
+from tests.fs.harness import FS, mounted_ops, setattr_
+from tests.fs.memremote import MemRemote
+
+T = TypeVar("T")
+NAMES = st.sampled_from(["a", "b", "c.txt"])
+DATA = st.binary(max_size=3000)
+KEYS = st.sampled_from(["prompt", "seed", "tags"])
+VALUES = st.recursive(
+    st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.text(max_size=12)
+    | st.sampled_from(["42", "true", "null", '"x"', "[1]", " 7", "{}"]),  # strings as JSON
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=4,
+)
+
+
+def _reply(token: list[tuple[bytes, int]], name: bytes, attr: Any, next_id: int) -> bool:
+    token.append((name, attr.st_ino))
+    return True
+
+
+class OpsMachine(RuleBasedStateMachine):
+    WRITE_BACK: float | None = None  # upload on close
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, bytes] = {}
+        self.meta: dict[str, dict[str, Any]] = {}  # user metadata (mtime aside)
+        self.dirs: set[str] = {""}
+        self.remote = MemRemote()
+        self.tmp = Path(tempfile.mkdtemp())
+        self._saved_reply = pyfuse3.readdir_reply
+        pyfuse3.readdir_reply = _reply
+        ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self.fs: FS | None = None
+        self.token: trio.lowlevel.TrioToken | None = None
+
+        async def main() -> None:
+            async with mounted_ops(
+                self.remote, self.tmp / "cache", block_size=1024, write_back=self.WRITE_BACK
+            ) as fs:
+                self.fs = fs
+                self._stop = trio.Event()
+                self.token = trio.lowlevel.current_trio_token()
+                ready.set()
+                await self._stop.wait()
+
+        self.thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    def run(self, fn: Callable[[FS], Awaitable[T]]) -> T:
+        assert self.fs is not None
+        fs = self.fs
+
+        async def call() -> T:
+            return await fn(fs)
+
+        return trio.from_thread.run(call, trio_token=self.token)
+
+    def teardown(self) -> None:
+        assert self._stop is not None
+        trio.from_thread.run_sync(self._stop.set, trio_token=self.token)
+        self.thread.join(10)
+        pyfuse3.readdir_reply = self._saved_reply
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @staticmethod
+    def join(folder: str, name: str) -> str:
+        return f"{folder}/{name}" if folder else name
+
+    def taken(self, path: str) -> bool:
+        return path in self.files or path in self.dirs
+
+    # -- rules -------------------------------------------------------------------------
+    def folder(self, data: st.DataObject) -> str:
+        return data.draw(st.sampled_from(sorted(self.dirs)))
+
+    @rule(data=st.data(), name=NAMES, content=DATA)
+    def write(self, data: st.DataObject, name: str, content: bytes) -> None:
+        folder = self.folder(data)
+        path = self.join(folder, name)
+        if path in self.dirs:
+            return
+        self.run(lambda fs: fs.write_file(path, content))
+        self.files[path] = content
+        self.meta.setdefault(path, {})  # an edit keeps the metadata
+
+    @precondition(lambda self: bool(self.files))
+    @rule(data=st.data(), chunk=DATA, offset=st.integers(0, 4000))
+    def pwrite(self, data: st.DataObject, chunk: bytes, offset: int) -> None:
+        path = data.draw(st.sampled_from(sorted(self.files)))
+        old = self.files[path]
+        offset = min(offset, len(old))
+
+        async def go(fs: FS) -> None:
+            fh = await fs.open(path, os.O_RDWR)
+            await fs.ops.write(fh, offset, chunk)
+            await fs.close(fh)
+
+        self.run(go)
+        self.files[path] = old[:offset] + chunk + old[offset + len(chunk) :]
+
+    @precondition(lambda self: bool(self.files))
+    @rule(data=st.data(), size=st.integers(0, 4000))
+    def truncate(self, data: st.DataObject, size: int) -> None:
+        path = data.draw(st.sampled_from(sorted(self.files)))
+
+        async def go(fs: FS) -> None:
+            fh = await fs.open(path, os.O_RDWR)
+            await setattr_(fs.ops, await fs.resolve(path), size=size, fh=fh)
+            await fs.close(fh)
+
+        self.run(go)
+        old = self.files[path]
+        self.files[path] = old[:size] + b"\0" * max(0, size - len(old))
+
+    @precondition(lambda self: bool(self.files))
+    @rule(data=st.data())
+    def unlink(self, data: st.DataObject) -> None:
+        path = data.draw(st.sampled_from(sorted(self.files)))
+        self.run(lambda fs: fs.unlink(path))
+        del self.files[path]
+        del self.meta[path]
+
+    @rule(folder=st.sampled_from(["d", "e"]))
+    def mkdir(self, folder: str) -> None:
+        if self.taken(folder):
+            return
+        self.run(lambda fs: fs.mkdir(folder))
+        self.dirs.add(folder)
+
+    @rule(folder=st.sampled_from(["d", "e"]))
+    def rmdir(self, folder: str) -> None:
+        if folder not in self.dirs or any(p.startswith(folder + "/") for p in self.files):
+            return
+        self.run(lambda fs: fs.rmdir(folder))
+        self.dirs.discard(folder)
+
+    @precondition(lambda self: bool(self.files))
+    @rule(data=st.data(), name=NAMES)
+    def rename(self, data: st.DataObject, name: str) -> None:
+        src = data.draw(st.sampled_from(sorted(self.files)))
+        dst = self.join(self.folder(data), name)
+        if dst in self.dirs:
+            return
+        self.run(lambda fs: fs.rename(src, dst))
+        self.files[dst] = self.files.pop(src)
+        self.meta[dst] = self.meta.pop(src)
+
+    @precondition(lambda self: bool(self.files))
+    @rule(data=st.data(), key=KEYS, value=st.none() | VALUES)
+    def setxattr(self, data: st.DataObject, key: str, value: Any) -> None:
+        path = data.draw(st.sampled_from(sorted(self.files)))
+        name = f"user.{key}"
+        if value is None:
+            if key not in self.meta[path]:
+                return
+            self.run(lambda fs: fs.removexattr(path, name))
+            del self.meta[path][key]
+        else:
+            self.run(lambda fs: fs.setxattr(path, name, xattrs.encode(value)))
+            self.meta[path][key] = value
+
+    # -- invariants --------------------------------------------------------------------
+    @invariant()
+    def matches_model(self) -> None:
+        for folder in self.dirs:
+            expect = sorted(
+                [p.rpartition("/")[2] for p in self.files if p.rpartition("/")[0] == folder]
+                + [d for d in self.dirs if d and d.rpartition("/")[0] == folder]
+            )
+            assert self.run(lambda fs, folder=folder: fs.listdir(folder)) == expect  # type: ignore[misc]
+        for path, content in self.files.items():
+            assert self.run(lambda fs, path=path: fs.read_file(path)) == content  # type: ignore[misc]
+            for key, value in self.meta[path].items():
+                raw = self.run(lambda fs, p=path, k=key: fs.getxattr(p, f"user.{k}"))  # type: ignore[misc]
+                assert xattrs.decode(raw) == value  # round trip
+
+    @invariant()
+    def remote_matches_model(self) -> None:
+        if self.WRITE_BACK is not None:  # background uploads may still run: wait for them
+            self.run(lambda fs: fs.ops.uploader.drain())
+        remote = {f.path: self.remote.blobs[f.key] for f in self.remote.files.values()}
+        assert len(remote) == len(self.remote.files)  # no leftover duplicates
+        assert remote == self.files
+        for f in self.remote.files.values():
+            assert {k: v for k, v in f.metadata.items() if k != "mtime"} == self.meta[f.path]
+
+
+class WriteBackMachine(OpsMachine):
+    """The same, with uploads in the background racing the operations."""
+
+    WRITE_BACK = 0.0
+
+
+SETTINGS = settings(
+    max_examples=40,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+OpsMachine.TestCase.settings = SETTINGS
+WriteBackMachine.TestCase.settings = SETTINGS
+TestOperationsStateful = OpsMachine.TestCase
+TestWriteBackStateful = WriteBackMachine.TestCase
