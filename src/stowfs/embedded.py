@@ -18,6 +18,7 @@ from . import paths
 from .errors import ConfigError
 
 KEY_FILE = "local.key"
+PLAN = "enterprise"
 TEAM = "local"
 PR_SET_PDEATHSIG = 1
 
@@ -40,7 +41,8 @@ def local_key(data_dir: Path) -> str:
         if path.exists():
             return path.read_text().strip()
         out = subprocess.run(
-            _stowfs("keys", "create", "--data", str(data_dir), "--team", TEAM),
+            # The local store is the user's own disk: the largest plan, so df shows 1 TB.
+            _stowfs("keys", "create", "--data", str(data_dir), "--team", TEAM, "--plan", PLAN),
             capture_output=True,
             text=True,
             check=False,
