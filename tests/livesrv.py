@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 STOWFS = [sys.executable, "-m", "stowfs"]
 
@@ -30,13 +31,21 @@ class LiveServer:
         return create_key(self.data_dir, team, plan)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace=0)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """Wait `grace` seconds for a clean exit, then terminate, then kill."""
+    try:
+        proc.wait(grace)
+        return
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def create_key(data_dir: Path, team: str, plan: str = "pro") -> str:

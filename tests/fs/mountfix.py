@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.livesrv import stowfs_cmd
+from tests.livesrv import stop_process, stowfs_cmd
 
 START_TIMEOUT = 30.0
 
@@ -111,15 +111,7 @@ class Mount:
             if done.returncode != 0:
                 subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
         if self.proc is not None:
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc, grace=timeout)
             self.proc = None
         if self.pid is not None:
             wait_for(lambda: not _alive(self.pid), timeout, "the mount process")  # type: ignore[arg-type]
