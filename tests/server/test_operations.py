@@ -16,6 +16,7 @@ import trio
 
 from stowfs.server import files
 from stowfs.server.config import ServerConfig
+from stowfs.server.db import MIGRATIONS, connect, init_schema
 from stowfs.server.state import ServerState
 from tests.livesrv import LiveServer, create_key, start_server
 from tests.server.flows import upload_post
@@ -240,3 +241,51 @@ def test_openapi_fuzz_has_no_server_errors(live_server: LiveServer, tmp_path: Pa
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert "passed" in result.stdout
+
+
+async def test_usage_counters_match_the_files(live_server: LiveServer) -> None:
+    key = live_server.new_key()
+    async with client(live_server, key) as api:
+        recs = [await upload_post(api, f"u{i}.bin", b"x" * (10 * i), "u") for i in range(1, 6)]
+        await api.delete("/files/storage/file", params={"object_key": recs[0]["object_key"]})
+        await api.post(
+            "/files/storage/file/move", json={"object_key": recs[1]["object_key"], "folder": "v"}
+        )
+        await api.delete("/files/storage/folder", params={"folder": "v", "recursive": "true"})
+        await api.post("/files/upload-url", json={"filename": "pending.bin"})
+        usage = (await api.get("/files/storage")).json()
+    assert (usage["total_bytes"], usage["file_count"]) == (30 + 40 + 50, 3)
+    conn = connect(live_server.data_dir / "meta.db")
+    try:
+        team = str(recs[2]["object_key"]).split("/")[0]
+        recount = conn.execute(
+            "SELECT SUM(size), COUNT(*) FROM files WHERE team_id = ? AND state = 'stored'",
+            (team,),
+        ).fetchone()
+        assert tuple(recount) == (120, 3)
+    finally:
+        conn.close()
+
+
+def test_migration_backfills_usage(tmp_path: Path) -> None:
+    path = tmp_path / "meta.db"
+    init_schema(path)
+    conn = connect(path)
+    try:
+        # A version-0 data dir: files, but no usage table yet.
+        conn.executescript("DROP TABLE usage; PRAGMA user_version = 0;")
+        conn.execute(
+            "INSERT INTO files (file_id, team_id, user_id, object_key, folder, filename,"
+            " extension, content_type, size, state, created_at, updated_at, upload_kind)"
+            " VALUES ('f1', 't1', 'u', 't1/a', '', 'a', '', 'x', 7, 'stored', '', '', 'post')"
+        )
+    finally:
+        conn.close()
+    init_schema(path)
+    conn = connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        row = conn.execute("SELECT bytes, files FROM usage WHERE team_id = 't1'").fetchone()
+        assert tuple(row) == (7, 1)
+    finally:
+        conn.close()

@@ -31,6 +31,10 @@ changes(seq, team_id, kind, op, object_key, folder, payload, at)
     The change feed (extension): one row per upsert or delete of a file or a
     folder; `seq` is the cursor. Old rows are pruned; a cursor older than the
     oldest kept row answers 410.
+usage(team_id, bytes, files)
+    Stored bytes and files per team, kept by triggers on `files` (a pending row
+    becoming 'stored' adds, deleting a stored row subtracts), so quota checks
+    cost one row read instead of a sum over every file.
 kv(key, value)
     Small server state: `changes_floor`, the lowest cursor still answerable.
 multipart(upload_id, team_id, file_row, created_at, expires_at)
@@ -143,6 +147,36 @@ CREATE TABLE IF NOT EXISTS parts (
 """
 
 
+# Applied in order to data dirs whose `PRAGMA user_version` is lower: index i brings
+# a database to version i + 1.
+MIGRATIONS = [
+    """
+    CREATE TABLE IF NOT EXISTS usage (
+        team_id TEXT PRIMARY KEY,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        files INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TRIGGER IF NOT EXISTS usage_store AFTER UPDATE OF state ON files
+    WHEN old.state != 'stored' AND new.state = 'stored' BEGIN
+        INSERT INTO usage (team_id, bytes, files) VALUES (new.team_id, new.size, 1)
+        ON CONFLICT(team_id) DO UPDATE SET bytes = bytes + new.size, files = files + 1;
+    END;
+    CREATE TRIGGER IF NOT EXISTS usage_delete AFTER DELETE ON files
+    WHEN old.state = 'stored' BEGIN
+        UPDATE usage SET bytes = bytes - old.size, files = files - 1
+        WHERE team_id = old.team_id;
+    END;
+    CREATE TRIGGER IF NOT EXISTS usage_resize AFTER UPDATE OF size ON files
+    WHEN old.state = 'stored' AND new.state = 'stored' BEGIN
+        UPDATE usage SET bytes = bytes - old.size + new.size WHERE team_id = new.team_id;
+    END;
+    DELETE FROM usage;
+    INSERT INTO usage (team_id, bytes, files)
+        SELECT team_id, SUM(size), COUNT(*) FROM files WHERE state = 'stored' GROUP BY team_id;
+    """,
+]
+
+
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
@@ -158,8 +192,26 @@ def init_schema(path: Path) -> None:
     conn = connect(path)
     try:
         conn.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")
+        conn.execute("BEGIN IMMEDIATE")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (triggers hold `;` inside BEGIN ... END)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
 
 
 class Database:

@@ -70,12 +70,8 @@ def _unique_key(conn: sqlite3.Connection, team_id: str, folder: str, name: str, 
 
 
 def usage_totals(conn: sqlite3.Connection, team_id: str) -> tuple[int, int]:
-    row = conn.execute(
-        "SELECT COALESCE(SUM(size), 0) AS b, COUNT(*) AS n FROM files"
-        " WHERE team_id = ? AND state = 'stored'",
-        (team_id,),
-    ).fetchone()
-    return int(row["b"]), int(row["n"])
+    row = conn.execute("SELECT bytes, files FROM usage WHERE team_id = ?", (team_id,)).fetchone()
+    return (0, 0) if row is None else (int(row["bytes"]), int(row["files"]))
 
 
 def check_quota(conn: sqlite3.Connection, who: Principal, add_bytes: int) -> None:
