@@ -89,15 +89,9 @@ class BlockCache:
             self._forget(path)
             return None
 
-    async def put(self, vid: str, index: int, data: bytes, *, hot: bool = True) -> None:
-        """Cache a block; `hot`: also keep it in memory (a block being read now)."""
-        if hot:
-            self.remember(vid, index, data)
-        await self.store(vid, index, data)
-
     async def store(self, vid: str, index: int, data: bytes, *, optional: bool = False) -> None:
-        """Write a block to disk (LRU-bounded). `optional` (read-ahead): skipped when
-        the disk lags behind, so neither memory nor the reader waits for it."""
+        """Write a block to disk (LRU-bounded). `optional` (fetched blocks): skipped
+        when the disk lags behind, so memory stays bounded."""
         if len(data) > self.max_bytes or (optional and len(self._writing) >= WRITE_BACKLOG):
             return
         path = self._path(vid, index)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FUSEError = pyfuse3.FUSEError
 NAME_MAX = 255
+_USER = xattrs.USER.encode()
 USAGE_TTL = 5.0
 
 
@@ -141,8 +142,10 @@ class Operations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.inode
         a.generation = 0
-        a.entry_timeout = opts.attr_timeout
-        a.attr_timeout = opts.attr_timeout
+        # As long as the listing is trusted: remote changes seen earlier (the change
+        # feed, a refresh) invalidate the kernel's entries and attributes.
+        a.entry_timeout = opts.dir_cache_time
+        a.attr_timeout = opts.dir_cache_time
         if node.is_dir:
             a.st_mode = stat.S_IFDIR | (0o777 & ~opts.umask)
             a.st_nlink = 2
@@ -614,15 +617,20 @@ class Operations(pyfuse3.Operations):
             ]
         return [n.encode() for n in names]
 
-    @handler
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
     ) -> bytes:
+        # `ls -l` asks for security.selinux of every entry: the least work per call.
+        if not name.startswith(_USER):
+            raise FUSEError(pyfuse3.ENOATTR)
+        return await self._user_xattr(inode, name.decode("utf-8", "replace"))
+
+    @handler
+    async def _user_xattr(self, inode: pyfuse3.InodeT, text: str) -> bytes:
         node = self.tree.get(inode)
-        text = name.decode("utf-8", "replace")
         if inode == ROOT and text == xattrs.PID:
             return str(os.getpid()).encode()  # for `stowfs unmount`
-        if node.is_dir or not text.startswith(xattrs.USER):
+        if node.is_dir:
             raise FUSEError(pyfuse3.ENOATTR)  # answered from memory
         if text.startswith(xattrs.FACTS):
             return await self._fact(node, text[len(xattrs.FACTS) :])

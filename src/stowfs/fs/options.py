@@ -22,4 +22,3 @@ class MountOptions:
     umask: int = 0o022
     block_size: int = 4 * MiB
     read_ahead: int = 16  # blocks, the largest read-ahead window
-    attr_timeout: float = 1.0

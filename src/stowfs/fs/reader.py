@@ -61,24 +61,26 @@ class Reader:
             return b""
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
+        # Judged on arrival: the kernel sends a file's reads in order but several at
+        # once, and they finish in any order.
+        self._read_ahead(file, offset, end, last, seq)
         if first == last:  # the common case: a kernel read inside one block
             data = await self.cache.get(version_id(file), first, offset - first * bs, end - offset)
             if data is None:
                 block = await self.block(file, first)
                 data = block[offset - first * bs : end - first * bs]
-        else:
-            blocks: dict[int, bytes] = {}
+            return data
+        blocks: dict[int, bytes] = {}
 
-            async def one(index: int) -> None:
-                blocks[index] = await self.block(file, index)
+        async def one(index: int) -> None:
+            blocks[index] = await self.block(file, index)
 
-            async with trio.open_nursery() as nursery:
-                for index in range(first, last + 1):
-                    nursery.start_soon(one, index)
-            joined = b"".join(blocks[i] for i in range(first, last + 1))
-            data = joined[offset - first * bs : end - first * bs]
-        self._read_ahead(file, offset, end, last, seq)
-        return data
+        async with trio.open_nursery() as nursery:
+            for index in range(first, last + 1):
+                nursery.start_soon(one, index)
+        head = memoryview(blocks[first])[offset - first * bs :]  # views: one copy, the join
+        tail = memoryview(blocks[last])[: end - last * bs]
+        return b"".join([head, *(blocks[i] for i in range(first + 1, last)), tail])
 
     def _read_ahead(
         self, file: RemoteFile, offset: int, end: int, last: int, seq: ReadState
@@ -132,25 +134,35 @@ class Reader:
             self._inflight[(vid, index)] = event
         try:
             start = run[0] * bs
+            # A block's chunks are joined once it is whole: its only copy.
+            chunks: list[memoryview] = []  # views: splitting a chunk copies nothing
+            index, missing = run[0], min(bs, file.size - start)
             length = min(len(run) * bs, file.size - start)
-            buffer = bytearray()
-            index = run[0]
-            async for chunk in self.remote.stream(file, start, length):
-                buffer += chunk
-                while len(buffer) >= bs or (buffer and index * bs + len(buffer) >= file.size):
-                    data = bytes(memoryview(buffer)[:bs])
-                    del buffer[:bs]
-                    self.cache.remember(vid, index, data)
-                    self._inflight.pop((vid, index), None)
+            async for received in self.remote.stream(file, start, length):
+                chunk = memoryview(received)
+                while len(chunk) >= missing > 0:
+                    chunks.append(chunk[:missing])
+                    chunk = chunk[missing:]
+                    self._landed(vid, index, b"".join(chunks))
                     events.pop(index).set()
-                    self.spawn(lambda i=index, d=data: self.cache.store(vid, i, d, optional=True))  # type: ignore[misc]
-                    index += 1
+                    chunks, index = [], index + 1
+                    missing = min(bs, file.size - index * bs)
+                if chunk:
+                    chunks.append(chunk)
+                    missing -= len(chunk)
         finally:
             for index, event in events.items():  # waiters fetch these themselves
                 self._inflight.pop((vid, index), None)
                 event.set()
 
-    async def block(self, file: RemoteFile, index: int, *, hot: bool = True) -> bytes:
+    def _landed(self, vid: str, index: int, data: bytes) -> None:
+        """A fetched block: in memory at once; to disk in the background, so the
+        readers never wait for the disk (dropped if the disk lags far behind)."""
+        self.cache.remember(vid, index, data)
+        self._inflight.pop((vid, index), None)
+        self.spawn(lambda: self.cache.store(vid, index, data, optional=True))
+
+    async def block(self, file: RemoteFile, index: int) -> bytes:
         vid = version_id(file)
         while True:
             data = await self.cache.get(vid, index)
@@ -165,8 +177,8 @@ class Reader:
             async with self._limiter:
                 bs = self.block_size
                 data = await self.remote.read(file, index * bs, min(bs, file.size - index * bs))
-            await self.cache.put(vid, index, data, hot=hot)
+            self._landed(vid, index, data)
             return data
         finally:
-            del self._inflight[(vid, index)]
+            self._inflight.pop((vid, index), None)
             event.set()

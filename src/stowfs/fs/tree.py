@@ -230,10 +230,10 @@ class Tree:
                 continue
             remote = shown.get(name)
             if not child.is_dir and remote is not None:
-                changed = child.version != (remote.key, remote.checksum)
-                if changed and child.kernel_version is not None:
-                    self.invalidate(child.inode, None)
+                shown_before = (child.version, child.size, child.mtime)
                 child.file = remote
+                if (child.version, child.size, child.mtime) != shown_before:
+                    self.invalidate(child.inode, None)  # its pages and attributes
                 continue
             if child.is_dir and any(self._pending(n) for n in self.walk(child)):
                 continue  # a folder we hold unfinished writes in

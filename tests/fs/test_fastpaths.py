@@ -1,0 +1,96 @@
+"""The read and listing fast paths: read-ahead judged as reads arrive, disk writes off
+the read path, kernel entry/attribute caching, cheap answers for foreign xattrs."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pyfuse3
+import pytest
+import trio
+import trio.testing
+
+from stowfs.remote.base import RemoteFile
+from tests.fs.harness import CTX, FS
+from tests.fs.memremote import MemRemote
+
+
+async def test_read_ahead_starts_while_the_first_reads_wait(
+    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel sends several reads at once; they finish in any order, so a run of
+    reads is seen as sequential when they arrive, not when their data does."""
+    bs = 64 * 1024
+    data = os.urandom(bs * 16)
+    remote.put("", "big", data)
+    fh = await fs.open("big")
+    gate = trio.Event()
+    plain_read = remote.read
+
+    async def slow_first_block(file: RemoteFile, offset: int, length: int) -> bytes:
+        if offset == 0:
+            await gate.wait()
+        return await plain_read(file, offset, length)
+
+    monkeypatch.setattr(remote, "read", slow_first_block)
+    out: dict[int, bytes] = {}
+
+    async def one(offset: int) -> None:
+        out[offset] = await fs.ops.read(fh, offset, bs // 8)
+
+    async with trio.open_nursery() as nursery:
+        for offset in range(0, bs, bs // 8):  # in order, all in the first block
+            nursery.start_soon(one, offset)
+            await trio.testing.wait_all_tasks_blocked()
+        assert remote.served > 0  # blocks after the first are on their way already
+        gate.set()
+    assert b"".join(out[o] for o in sorted(out)) == data[:bs]
+    await fs.ops.release(fh)
+
+
+async def test_fetched_blocks_reach_the_disk_cache(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "f", os.urandom(100))
+    assert len(await fs.read_file("f")) == 100
+    with trio.fail_after(5):  # written in the background: the read did not wait
+        while fs.ops.cache.total == 0:
+            await trio.sleep(0.01)
+    assert fs.ops.cache.total == 100
+
+
+async def test_kernel_keeps_entries_as_long_as_the_listing(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "f", b"1")
+    attr = await fs.stat("f")
+    assert attr.entry_timeout == attr.attr_timeout == fs.ops.options.dir_cache_time
+
+
+async def test_a_file_changed_elsewhere_is_invalidated_even_if_never_read(
+    fs: FS, remote: MemRemote
+) -> None:
+    remote.put("", "f", b"1")
+    inode = await fs.resolve("f")
+    remote.put("", "f", b"longer")  # replaced elsewhere: the kernel's size is wrong
+    fs.ops.tree.nodes[pyfuse3.ROOT_INODE].listed_at = None
+    await fs.resolve("f")
+    assert (inode, None) in fs.invalidated
+    assert (await fs.stat("f")).st_size == 6
+
+
+async def test_foreign_xattr_namespaces_answer_enodata_at_once(fs: FS, remote: MemRemote) -> None:
+    remote.put("", "f", b"1")
+    inode = await fs.resolve("f")
+    before = sum(remote.calls.values())
+    for target in (inode, pyfuse3.InodeT(10**9)):  # a known inode, and one never given out
+        for name in (b"security.selinux", b"system.posix_acl_access", b"trusted.x"):
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await fs.ops.getxattr(target, name, CTX)
+            assert exc.value.errno == errno.ENODATA
+    assert sum(remote.calls.values()) == before
+
+
+async def test_a_read_across_blocks_is_exact(fs: FS, remote: MemRemote) -> None:
+    bs = 64 * 1024
+    data = os.urandom(bs * 4 + 123)
+    remote.put("", "big", data)
+    for offset, size in ((bs - 7, 2 * bs + 20), (3 * bs + 5, 2 * bs), (5, 4 * bs + 500)):
+        assert await fs.read_file("big", offset, size) == data[offset : offset + size]
