@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import pyfuse3
 import pytest
@@ -12,7 +13,7 @@ import trio
 import trio.testing
 
 from stowfs.remote.base import RemoteFile
-from tests.fs.harness import CTX, FS
+from tests.fs.harness import CTX, FS, mounted_ops
 from tests.fs.memremote import MemRemote
 
 
@@ -94,3 +95,36 @@ async def test_a_read_across_blocks_is_exact(fs: FS, remote: MemRemote) -> None:
     remote.put("", "big", data)
     for offset, size in ((bs - 7, 2 * bs + 20), (3 * bs + 5, 2 * bs), (5, 4 * bs + 500)):
         assert await fs.read_file("big", offset, size) == data[offset : offset + size]
+
+
+async def test_streaming_a_file_too_big_for_the_cache_keeps_the_disk_cache(
+    remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scan resistance: read-ahead blocks of a file over a quarter of the cache stay in
+    memory only; every block of a small file is offered to the disk cache."""
+    bs = 64 * 1024
+    big, small = os.urandom(bs * 32), os.urandom(bs * 8)
+    remote.put("", "big", big)
+    remote.put("", "small", small)
+    async with mounted_ops(remote, tmp_path / "c", cache_max_size=bs * 64, block_size=bs) as fs:
+        offered: list[int] = []
+        plain_store = fs.ops.cache.store
+
+        async def store(vid: str, index: int, data: bytes, *, optional: bool = False) -> None:
+            offered.append(index)
+            await plain_store(vid, index, data, optional=optional)
+
+        monkeypatch.setattr(fs.ops.cache, "store", store)
+
+        async def read_in_order(name: str, size: int) -> bytes:
+            offered.clear()
+            fh = await fs.open(name)
+            parts = [await fs.ops.read(fh, o, bs // 4) for o in range(0, size, bs // 4)]
+            await fs.ops.release(fh)
+            await trio.testing.wait_all_tasks_blocked()
+            return b"".join(parts)
+
+        assert await read_in_order("big", len(big)) == big
+        assert len(offered) <= 32 // 4  # only blocks read on demand, not the stream
+        assert await read_in_order("small", len(small)) == small
+        assert sorted(offered) == list(range(8))

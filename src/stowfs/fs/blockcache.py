@@ -16,6 +16,7 @@ import trio
 
 from ..remote.base import RemoteFile
 
+SCAN_FRACTION = 4
 WRITE_BACKLOG = 4  # blocks waiting for the disk
 MEMORY_BLOCKS = 20  # above the largest read-ahead window, so read-ahead stays in memory
 
@@ -88,6 +89,11 @@ class BlockCache:
         except FileNotFoundError:
             self._forget(path)
             return None
+
+    def worth_keeping(self, file_size: int) -> bool:
+        """Scan resistance: streaming a file larger than a quarter of the cache to
+        disk would only evict the working set (and costs the mount a core)."""
+        return file_size <= self.max_bytes // SCAN_FRACTION
 
     async def store(self, vid: str, index: int, data: bytes, *, optional: bool = False) -> None:
         """Write a block to disk (LRU-bounded). `optional` (fetched blocks): skipped

@@ -138,12 +138,13 @@ class Reader:
             chunks: list[memoryview] = []  # views: splitting a chunk copies nothing
             index, missing = run[0], min(bs, file.size - start)
             length = min(len(run) * bs, file.size - start)
+            persist = self.cache.worth_keeping(file.size)
             async for received in self.remote.stream(file, start, length):
                 chunk = memoryview(received)
                 while len(chunk) >= missing > 0:
                     chunks.append(chunk[:missing])
                     chunk = chunk[missing:]
-                    self._landed(vid, index, b"".join(chunks))
+                    self._landed(vid, index, b"".join(chunks), persist)
                     events.pop(index).set()
                     chunks, index = [], index + 1
                     missing = min(bs, file.size - index * bs)
@@ -155,12 +156,14 @@ class Reader:
                 self._inflight.pop((vid, index), None)
                 event.set()
 
-    def _landed(self, vid: str, index: int, data: bytes) -> None:
+    def _landed(self, vid: str, index: int, data: bytes, persist: bool = True) -> None:
         """A fetched block: in memory at once; to disk in the background, so the
-        readers never wait for the disk (dropped if the disk lags far behind)."""
+        readers never wait for the disk (dropped if the disk lags far behind).
+        `persist` False: a read-ahead stream of a file too big for the cache."""
         self.cache.remember(vid, index, data)
         self._inflight.pop((vid, index), None)
-        self.spawn(lambda: self.cache.store(vid, index, data, optional=True))
+        if persist:
+            self.spawn(lambda: self.cache.store(vid, index, data, optional=True))
 
     async def block(self, file: RemoteFile, index: int) -> bytes:
         vid = version_id(file)
