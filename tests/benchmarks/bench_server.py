@@ -94,16 +94,22 @@ def fake_metadata(rng: random.Random) -> dict[str, Any]:
 
 
 def insert_files(
-    conn: sqlite3.Connection, team_id: str, user_id: str, count: int, seed: int = 42
+    conn: sqlite3.Connection,
+    team_id: str,
+    user_id: str,
+    count: int,
+    seed: int = 42,
+    folders: list[str] = FOLDERS,
 ) -> None:
-    """`count` stored files with varied metadata, indexed as files.store would index them."""
+    """`count` stored files with varied metadata, indexed as files.store would index them
+    (rows only: their bytes are never read)."""
     rng = random.Random(seed)
     first = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM files").fetchone()[0]
     files, attrs, fts = [], [], []
     for i in range(count):
         row_id = first + i
         ext, ctype = rng.choice(TYPES)
-        folder = rng.choice(FOLDERS)
+        folder = rng.choice(folders)
         name = f"img_{i:06d}_{rng.choice(WORDS)}.{ext}"
         created = iso(START + i * YEAR / count)
         metadata = fake_metadata(rng)
@@ -142,7 +148,7 @@ def insert_files(
     )
     conn.executemany(
         "INSERT OR IGNORE INTO folders (team_id, path, created_at) VALUES (?,?,?)",
-        [(team_id, p, iso(START)) for f in FOLDERS for p in ancestors(f)],
+        [(team_id, p, iso(START)) for f in folders for p in ancestors(f)],
     )
 
 
@@ -343,6 +349,10 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        # uploads (PUT) for the benchmark's upload limit
+        dav_methods PUT;
+        create_full_put_path on;
+        client_max_body_size 0;
     }}
 }}
 """

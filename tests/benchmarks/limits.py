@@ -1,0 +1,79 @@
+"""The physical limits the mounts are held against: curl downloading and uploading the big
+file to the reference server and to nginx, stowfs's own client doing the same, and the
+local disk."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from stowfs.remote import HttpRemote, RemoteFile
+from tests.benchmarks.bench_client import (
+    client_stream,
+    curl_download,
+    curl_upload,
+    split_parts,
+    timed,
+)
+
+Record = Callable[[str, str, float], None]  # (measure, system, value)
+CHUNK = 1024 * 1024
+
+
+def read_file(path: Path, cold: bool) -> float:
+    """Seconds to read `path`; `cold` first drops its pages from the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if cold:
+            os.fsync(fd)  # only clean pages can be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        start = time.perf_counter()
+        while os.read(fd, CHUNK):
+            pass
+        return time.perf_counter() - start
+    finally:
+        os.close(fd)
+
+
+def disk(path: Path, record: Record) -> None:
+    size = path.stat().st_size
+    record("disk_read", "local disk, cold", size / read_file(path, cold=True) / 1e6)
+    record("disk_read", "local disk, warm", size / read_file(path, cold=False) / 1e6)
+
+
+async def nginx_upload(client: HttpRemote, source: Path, base_url: str, work: Path) -> float:
+    """curl PUTting the same parts as `curl_upload`, with the same parallelism, to nginx."""
+    size = source.stat().st_size  # noqa: ASYNC240 (untimed set-up)
+    part_size, parallel = client.multipart.plan(size)  # type: ignore[attr-defined]
+    parts, _ = split_parts(source, part_size, work)
+    args = ["curl", "-sS", "--no-progress-meter", "--fail", "--parallel"]
+    args += ["--parallel-max", str(parallel)]
+    for part in parts:
+        args += ["-T", str(part), f"{base_url}/upload/{part.name}", "-o", "/dev/null"]
+    start = time.perf_counter()
+    await trio.run_process(args)
+    elapsed = time.perf_counter() - start
+    for part in parts:
+        part.unlink()
+    return elapsed
+
+
+async def transfers(
+    client: HttpRemote, file: RemoteFile, source: Path, nginx_url: str, work: Path, record: Record
+) -> None:
+    """One round of downloads then uploads of the big file, each side in turn."""
+    mb = file.size / 1e6
+    url, _ = await client.fresh_url(file)
+    record("download", "curl → server", mb / await curl_download(url))
+    record("download", "curl → nginx", mb / await curl_download(f"{nginx_url}/blob.bin"))
+    seconds, got = await timed(client_stream, client, file)
+    assert got == file.size, got
+    record("download", "stowfs client", mb / seconds)
+    record("upload", "curl → server", mb / await curl_upload(client, source, work))
+    record("upload", "curl → nginx", mb / await nginx_upload(client, source, nginx_url, work))
+    seconds, _ = await timed(client.upload, source, "bench", source.name)
+    record("upload", "stowfs client", mb / seconds)
