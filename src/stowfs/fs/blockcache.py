@@ -16,6 +16,8 @@ import trio
 
 from ..remote.base import RemoteFile
 
+Buffer = bytes | memoryview  # block data: views of cached blocks, or bytes read
+
 SCAN_FRACTION = 4
 WRITE_BACKLOG = 4  # blocks waiting for the disk
 MEMORY_BLOCKS = 20  # above the largest read-ahead window, so read-ahead stays in memory
@@ -64,16 +66,18 @@ class BlockCache:
     def _path(self, vid: str, index: int) -> Path:
         return self.directory / vid[:2] / f"{vid}.{index}.blk"
 
-    async def get(self, vid: str, index: int, start: int = 0, size: int = -1) -> bytes | None:
+    async def get(self, vid: str, index: int, start: int = 0, size: int = -1) -> Buffer | None:
         """Bytes [start, start+size) of a cached block (all of it by default); None if
-        the block is not cached. Disk reads take only the slice asked for."""
+        the block is not cached. A block in memory gives a view (no copy: replies to the
+        kernel take any buffer); disk reads take only the slice asked for."""
         hot = self._memory.get((vid, index))
         if hot is not None:
             self._memory.move_to_end((vid, index))
         else:
             hot = self._writing.get((vid, index))
         if hot is not None:
-            return hot[start:] if size < 0 else hot[start : start + size]
+            view = memoryview(hot)
+            return view[start:] if size < 0 else view[start : start + size]
         path = self._path(vid, index)
         if path not in self._lru:
             return None

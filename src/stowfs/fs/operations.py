@@ -410,7 +410,11 @@ class Operations(pyfuse3.Operations):
         return info, self._attr(node)
 
     @handler
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+    # pyfuse3 replies with any buffer (PyObject_GetBuffer): views of cached blocks go out
+    # without a copy, though its stub says bytes.
+    async def read(  # type: ignore[override]
+        self, fh: pyfuse3.FileHandleT, off: int, size: int
+    ) -> bytes | memoryview:
         handle = self._file_handle(fh)
         node = handle.node
         if node.staged is not None:

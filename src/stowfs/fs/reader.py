@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..remote.base import Remote, RemoteFile
-from .blockcache import BlockCache, version_id
+from .blockcache import BlockCache, Buffer, version_id
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Reader:
         self._inflight: dict[tuple[str, int], trio.Event] = {}
         self._limiter = trio.CapacityLimiter(parallel)
 
-    async def read(self, file: RemoteFile, offset: int, size: int, seq: ReadState) -> bytes:
+    async def read(self, file: RemoteFile, offset: int, size: int, seq: ReadState) -> Buffer:
         end = min(offset + size, file.size)
         if end <= offset:
             return b""
@@ -67,10 +67,10 @@ class Reader:
         if first == last:  # the common case: a kernel read inside one block
             data = await self.cache.get(version_id(file), first, offset - first * bs, end - offset)
             if data is None:
-                block = await self.block(file, first)
+                block = memoryview(await self.block(file, first))
                 data = block[offset - first * bs : end - first * bs]
             return data
-        blocks: dict[int, bytes] = {}
+        blocks: dict[int, Buffer] = {}
 
         async def one(index: int) -> None:
             blocks[index] = await self.block(file, index)
@@ -165,7 +165,7 @@ class Reader:
         if persist:
             self.spawn(lambda: self.cache.store(vid, index, data, optional=True))
 
-    async def block(self, file: RemoteFile, index: int) -> bytes:
+    async def block(self, file: RemoteFile, index: int) -> Buffer:
         vid = version_id(file)
         while True:
             data = await self.cache.get(vid, index)

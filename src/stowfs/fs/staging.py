@@ -46,7 +46,7 @@ class Staged:
         self.generation += 1
         self.mtime = mtime
 
-    async def write(self, offset: int, data: bytes) -> int:
+    async def write(self, offset: int, data: bytes | memoryview) -> int:
         n = await trio.to_thread.run_sync(os.pwrite, self.fd, data, offset)
         self.size = max(self.size, offset + n)
         return n
