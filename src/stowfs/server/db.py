@@ -218,7 +218,9 @@ class Database:
     """A small pool of connections; every query runs in a worker thread.
 
     `write` runs its function inside BEGIN IMMEDIATE so that checks and updates
-    (quotas, unique keys) are atomic across threads and processes.
+    (quotas, unique keys) are atomic across threads and processes. Writers of this
+    process take turns: two threads racing for SQLite's write lock would meet its busy
+    handler, which sleeps milliseconds.
     """
 
     def __init__(self, path: Path, size: int = 4) -> None:
@@ -226,6 +228,7 @@ class Database:
         self.path = path
         self._free = [connect(path) for _ in range(size)]
         self._limiter = trio.CapacityLimiter(size)
+        self._writer = trio.Lock()
 
     def _take(self) -> sqlite3.Connection:
         return self._free.pop()
@@ -239,7 +242,7 @@ class Database:
                 self._free.append(conn)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        async with self._limiter:
+        async with self._writer, self._limiter:
             conn = self._take()
             try:
                 return await trio.to_thread.run_sync(transaction, conn, fn)
