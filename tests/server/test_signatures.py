@@ -9,8 +9,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 import trio
 
+from stowfs.server.routes_download import SMALL_BODY
 from stowfs.server.signing import Signer
 from tests.livesrv import LiveServer
 from tests.server.flows import upload_post
@@ -156,8 +158,9 @@ async def test_download_signature_checks(api: httpx.AsyncClient, live_server: Li
         assert r.status_code == 403
 
 
-async def test_download_headers_range_and_conditional(api: httpx.AsyncClient) -> None:
-    data = bytes(range(256)) * 40
+@pytest.mark.parametrize("size", [10_240, SMALL_BODY + 10_240])  # read whole, or streamed
+async def test_download_headers_range_and_conditional(api: httpx.AsyncClient, size: int) -> None:
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
     rec = await upload_post(api, "r.bin", data)
     async with httpx.AsyncClient() as anon:
         full = await anon.get(rec["file_url"])
