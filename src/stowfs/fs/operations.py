@@ -405,7 +405,8 @@ class Operations(pyfuse3.Operations):
         node = self.tree.new(parent, text, False, staged=staged, created=now)
         node.lookups += 1
         node.opens += 1
-        await self.uploader.record(node)
+        # Journaled at close (commit): a file still being written is not resumed
+        # half-written after a crash.
         info = pyfuse3.FileInfo(fh=self._fh(FileHandle(node, True)))
         return info, self._attr(node)
 

@@ -85,15 +85,15 @@ class FileSlice:
 
     async def _pass(self) -> AsyncIterator[bytes]:
         digest = hashlib.md5(usedforsecurity=False)
-        fd = await trio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
+        fd = -1  # opened by the first read: a small file costs one thread hand-off
         try:
             if self.head:
                 yield self.head
             pos, end = self.offset, self.offset + self.length
             while pos < end:
                 want = min(self.chunk, end - pos)
-                data = await trio.to_thread.run_sync(
-                    _read_hash, fd, want, pos, digest if self.hash else None
+                fd, data = await trio.to_thread.run_sync(
+                    self._read, fd, want, pos, digest if self.hash else None
                 )
                 if len(data) != want:
                     raise errors.StowfsError(f"{self.path} changed while uploading (shorter)")
@@ -104,16 +104,24 @@ class FileSlice:
             if self.tail:
                 yield self.tail
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         if self.hash:
             self.md5 = digest.hexdigest()
 
-
-def _read_hash(fd: int, size: int, offset: int, digest: Any) -> bytes:
-    data = os.pread(fd, size, offset)
-    if digest is not None:
-        digest.update(data)
-    return data
+    def _read(self, fd: int, size: int, offset: int, digest: Any) -> tuple[int, bytes]:
+        opened = fd < 0
+        if opened:
+            fd = os.open(self.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, offset)
+        except BaseException:
+            if opened:
+                os.close(fd)
+            raise
+        if digest is not None:
+            digest.update(data)
+        return fd, data
 
 
 def form_body(
