@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from PIL import Image
 
 from stowfs import errors
-from tests.remote.conftest import SMALL_PARTS, Open
+from tests.remote.conftest import SMALL_PARTS, MiB, Open
+from tests.remote.faultproxy import FaultProxy
 
 MakeFile = Callable[..., Path]
 
@@ -114,3 +116,48 @@ async def test_bad_key_is_reported_by_every_dialect(open_client: Open) -> None:
         client = await open_client(dialect, key="stk_wrong-0000000000000000")
         with pytest.raises(errors.AuthFailed):
             await client.verify()
+
+
+@pytest.mark.parametrize("dialect", ["storage", "presign"])
+async def test_upload_begun_while_the_file_grows(
+    open_client: Open, proxy: FaultProxy, folder: str, tmp_path: Path, dialect: str
+) -> None:
+    """Parts sent while the file is written are not sent again at the end."""
+    client = await open_client(dialect, url=proxy.base_url(), tuning=SMALL_PARTS)
+    source = tmp_path / "growing.bin"
+    data = os.urandom(12 * MiB + 123)
+    cp = await client.begin_upload(folder, "g.bin", {"seed": 7})
+    assert cp is not None
+    assert cp.growing
+    assert cp.part_size == 5 * MiB
+    source.write_bytes(data[: 5 * MiB])
+    await client.upload_part(cp, 1, source)
+    source.write_bytes(data)  # grown: the first part's bytes as they were
+    await client.upload_part(cp, 2, source)
+    assert proxy.count("PUT", "/") == 2
+    cp.md5 = hashlib.md5(data).hexdigest()
+    file = await client.upload(source, folder, "g.bin", {"seed": 7}, checkpoint=cp)
+    assert proxy.count("PUT", "/") == 3  # only the last part went at the end
+    assert file.size == len(data)
+    assert file.checksum == cp.md5
+    assert file.metadata["seed"] == 7
+    if dialect == "storage":  # presign gives no download URL
+        assert await client.read(file, 0, len(data)) == data
+
+
+async def test_upload_of_a_grown_file_that_shrank_starts_over(
+    open_client: Open, folder: str, tmp_path: Path
+) -> None:
+    client = await open_client(tuning=SMALL_PARTS)
+    source = tmp_path / "shrank.bin"
+    source.write_bytes(os.urandom(10 * MiB))
+    cp = await client.begin_upload(folder, "s.bin")
+    assert cp is not None
+    await client.upload_part(cp, 1, source)
+    await client.upload_part(cp, 2, source)
+    os.truncate(source, 7 * MiB)
+    data = source.read_bytes()
+    file = await client.upload(source, folder, "s.bin", checkpoint=cp)
+    assert file.size == len(data)
+    assert file.checksum == hashlib.md5(data).hexdigest()
+    assert [f.key for f in await client.list_folder(folder)] == [file.key]

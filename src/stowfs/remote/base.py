@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import Unsupported
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -127,6 +129,10 @@ class UploadCheckpoint:
     part_size: int
     parts: dict[int, str] = field(default_factory=dict)  # part number -> ETag
     mtime_ns: int = 0  # of the source when the upload began: a changed source restarts
+    # Begun by `begin_upload` while the source was still being written: its size and
+    # mtime are not known yet, and the caller vouches that the parts sent still match.
+    growing: bool = False
+    md5: str | None = None  # of the whole source, where the caller hashed it as it wrote
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +142,8 @@ class UploadCheckpoint:
             "part_size": self.part_size,
             "parts": {str(k): v for k, v in self.parts.items()},
             "mtime_ns": self.mtime_ns,
+            "growing": self.growing,
+            "md5": self.md5,
         }
 
     @classmethod
@@ -147,6 +155,8 @@ class UploadCheckpoint:
             part_size=int(data["part_size"]),
             parts={int(k): str(v) for k, v in dict(data.get("parts", {})).items()},
             mtime_ns=int(data.get("mtime_ns", 0)),
+            growing=bool(data.get("growing", False)),
+            md5=str(data["md5"]) if data.get("md5") else None,
         )
 
 
@@ -214,6 +224,20 @@ class Remote(abc.ABC):
         caller deletes it). Single request up to `single_upload_max`, else multipart
         with parallel parts, resumable via `checkpoint`. The checksum is verified.
         A retried upload never leaves two objects."""
+
+    async def begin_upload(
+        self, folder: str, name: str, metadata: Mapping[str, Any] | None = None
+    ) -> UploadCheckpoint | None:
+        """Start a multipart upload of a file that is still being written (size unknown).
+        The caller sends each part with `upload_part` once the file holds it whole, and
+        keeps those bytes unchanged; then `upload(..., checkpoint=...)` sends the rest
+        and completes. None: this remote has no multipart upload."""
+        return None
+
+    async def upload_part(self, checkpoint: UploadCheckpoint, number: int, source: Path) -> None:
+        """Send part `number` (1-based, `checkpoint.part_size` bytes) of `source`; its
+        ETag lands in `checkpoint.parts`."""
+        raise Unsupported("this remote has no multipart upload")
 
     # -- metadata and lifecycle --------------------------------------------------
     @abc.abstractmethod

@@ -19,17 +19,19 @@ from .base import (
     RemoteFile,
     RemoteFolder,
     SearchPage,
+    UploadCheckpoint,
     Usage,
 )
 from .capabilities import Dialect, ServerInfo, capabilities
 from .download import Downloader
 from .transport import Transport
 from .tuning import Tuning
-from .upload import guess_type
+from .upload import Multipart, NewObject, guess_type
 
 
 class HttpRemote(Remote):
     dialect: ClassVar[Dialect]
+    multipart: Multipart | None = None  # the dialects that upload in parts set it
 
     def __init__(self, transport: Transport, info: ServerInfo, tuning: Tuning) -> None:
         self.transport = transport
@@ -65,6 +67,19 @@ class HttpRemote(Remote):
     def _single_max(self) -> int:
         limit = self.capabilities.single_upload_max
         return min(limit, self.tuning.single_upload_max or limit)
+
+    async def begin_upload(
+        self, folder: str, name: str, metadata: Mapping[str, Any] | None = None
+    ) -> UploadCheckpoint | None:
+        if self.multipart is None:
+            return None
+        target = NewObject(folder.strip("/"), name, guess_type(name), metadata)
+        return await self.multipart.begin(target)
+
+    async def upload_part(self, checkpoint: UploadCheckpoint, number: int, source: Path) -> None:
+        if self.multipart is None:
+            self._unsupported("upload in parts")
+        await self.multipart.send_part(checkpoint, number, source)
 
     # -- shared read path -------------------------------------------------------
     def stream(

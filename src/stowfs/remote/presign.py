@@ -25,6 +25,8 @@ log = logging.getLogger("stowfs.remote")
 class PresignRemote(HttpRemote):
     dialect = "presign"
 
+    multipart: Multipart  # always: the dialect's large uploads
+
     def __init__(self, transport: Transport, info: ServerInfo, tuning: Tuning) -> None:
         super().__init__(transport, info, tuning)
         self.multipart = Multipart(transport, info, tuning)

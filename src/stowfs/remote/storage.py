@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -159,6 +160,7 @@ class StorageRemote(HttpRemote):
         body, headers = form_body(
             fields, target.name, content_type, source, size, self.tuning, progress
         )
+        answer: Mapping[str, Any] = {}
         for _ in range(_POST_REPEATS):
             try:
                 response = await self.transport.request(
@@ -173,10 +175,12 @@ class StorageRemote(HttpRemote):
             sent = etag_md5(response.headers.get("etag"))
             if sent is not None and body.md5 is not None and sent != body.md5:
                 raise errors.ProtocolError(f"{target.name}: the service stored different bytes")
+            if response.content and "json" in response.headers.get("content-type", ""):
+                answer = document(response)  # the reference server answers with the object
             break
         else:
             raise errors.Unavailable(f"{target.name}: the upload kept failing; nothing was stored")
-        return Uploaded(key, body.md5 or await md5_file(source), grant, confirmed=True)
+        return Uploaded(key, body.md5 or await md5_file(source), answer, confirmed=True)
 
     async def _exists(self, key: str) -> bool:
         try:
@@ -186,7 +190,12 @@ class StorageRemote(HttpRemote):
         return True
 
     async def _confirm(self, done: Uploaded, size: int) -> RemoteFile:
-        """The stored object, after checking it holds exactly the bytes we sent."""
+        """The stored object, after checking it holds exactly the bytes we sent: from the
+        upload's own answer where it is the object's whole record, else a stat."""
+        answered = _stored_record(done)
+        if answered is not None and answered.checksum == done.md5 and answered.size == size:
+            self.downloads.remember(answered)
+            return answered
         try:
             file = await self.stat(done.key)
         except errors.NotFound:
@@ -334,3 +343,15 @@ class StorageRemote(HttpRemote):
 
     async def _list_everything(self) -> tuple[list[RemoteFile], list[RemoteFolder]]:
         return await self._list_files(None), await self.list_folders(None)
+
+
+def _stored_record(done: Uploaded) -> RemoteFile | None:
+    """The file record an upload's last answer carries, if it is a whole one (provider
+    answers are often bare: a status, a key, an ETag)."""
+    doc = done.response
+    if doc.get("object_key") != done.key or not all(
+        doc.get(field) for field in ("filename", "checksum", "created_at")
+    ):
+        return None
+    file = records.remote_file(doc)
+    return dataclasses.replace(file, checksum=(file.checksum or "").lower())

@@ -28,6 +28,7 @@ log = logging.getLogger("stowfs.remote")
 UrlFor = Callable[[int, bool], Awaitable[str]]  # (part number, renew) -> signed URL
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 _PRESIGN_BATCH = 100  # part URLs asked for at once
+GROWING_PART = 32 * MiB  # parts of a file sent while it is written (its size unknown)
 
 
 def guess_type(name: str) -> str:
@@ -209,6 +210,12 @@ class Multipart:
         stat = await trio.to_thread.run_sync(os.stat, source)
         size, mtime_ns = stat.st_size, stat.st_mtime_ns
         cp = checkpoint
+        if cp is not None and cp.growing:  # the source is complete now
+            cp.size, cp.mtime_ns, cp.growing = size, mtime_ns, False
+            if any(n * cp.part_size > size for n in cp.parts):
+                log.info("%s shrank below the parts sent while it grew: starting over", source)
+                await self.abort(cp.upload_id)
+                cp = None
         if cp is not None and (cp.size != size or cp.mtime_ns != mtime_ns):
             log.info("%s changed since the interrupted upload: starting over", source)
             await self.abort(cp.upload_id)
@@ -234,13 +241,33 @@ class Multipart:
                 await self.abort(cp.upload_id)  # refused for good: free the parts
                 raise
 
-    async def _initiate(self, target: NewObject, size: int, mtime_ns: int) -> UploadCheckpoint:
+    async def begin(self, target: NewObject) -> UploadCheckpoint:
+        """A multipart upload of a source still growing: parts of a fixed size."""
+        cp = await self._initiate(target, None, 0)
+        part = self.tuning.part_size or GROWING_PART
+        cp.part_size = max(self.info.limit("multipart_part_min_bytes"), part)
+        cp.part_size = min(cp.part_size, self.info.limit("multipart_part_max_bytes"))
+        cp.growing = True
+        return cp
+
+    async def send_part(self, cp: UploadCheckpoint, n: int, source: Path) -> None:
+        async def url_for(number: int, renew: bool) -> str:
+            return (await self._presign(cp.upload_id, [number]))[number]
+
+        offset = (n - 1) * cp.part_size
+        body = FileSlice(source, offset, cp.part_size, self.tuning.io_chunk, hash=False)
+        cp.parts[n] = await self._put_part(n, body, url_for)
+
+    async def _initiate(
+        self, target: NewObject, size: int | None, mtime_ns: int
+    ) -> UploadCheckpoint:
         body: dict[str, Any] = {
             "file_name": target.name,
-            "file_size": size,
             "content_type": target.content_type,
             "folder": target.folder,
         }
+        if size is not None:
+            body["file_size"] = size
         if target.metadata:
             body["metadata"] = dict(target.metadata)
         # Safe to repeat: an initiated upload that is never completed holds no object.
@@ -252,8 +279,8 @@ class Multipart:
         key = doc.get("file_key") or doc.get("object_key") or doc.get("key") or ""
         if not upload_id:
             raise errors.ProtocolError("multipart initiate returned no upload id")
-        part_size, _ = self.plan(size)
-        return UploadCheckpoint(str(upload_id), str(key), size, part_size, {}, mtime_ns)
+        part_size, _ = self.plan(size or 0)
+        return UploadCheckpoint(str(upload_id), str(key), size or 0, part_size, {}, mtime_ns)
 
     async def _presign(self, upload_id: str, numbers: list[int]) -> dict[int, str]:
         response = await self.transport.request(
@@ -319,7 +346,7 @@ class Multipart:
                         await on_checkpoint(cp)
 
         async def hash_whole() -> None:
-            whole.append(await md5_file(source))
+            whole.append(cp.md5 or await md5_file(source))
 
         async with open_nursery() as nursery:
             nursery.start_soon(hash_whole)
