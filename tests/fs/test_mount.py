@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
+from stowfs.remote.upload import GROWING_PART
 from tests.fs.mountfix import Mount, wait_for
 from tests.livesrv import LiveServer
+
+MiB = 1024 * 1024
 
 
 def sh(*cmd: str | Path) -> str:
@@ -156,6 +162,37 @@ def test_parallel_cp(mount: Mount, tmp_path: Path) -> None:
     for src in sources:
         assert mount.remote_bytes(remote[src.name]) == src.read_bytes()
         assert (mount.path / src.name).read_bytes() == src.read_bytes()
+
+
+def test_big_file_uploads_while_it_is_written(mount: Mount, live_server: LiveServer) -> None:
+    """Parts of a big file being written reach the server before close; the object is
+    whole, and its mtime is the file's."""
+    name = f"streamed-{uuid.uuid4().hex[:8]}.bin"
+    size = 50 * MiB + 2 * GROWING_PART + 12_345  # over one POST's limit, two parts more
+    digest = hashlib.md5()
+
+    def parts_sent() -> int:
+        db = sqlite3.connect(live_server.data_dir / "meta.db")
+        try:
+            row = db.execute(
+                "SELECT COUNT(*) FROM parts p JOIN multipart m ON m.upload_id = p.upload_id"
+                " JOIN files f ON f.id = m.file_row WHERE f.filename = ?",
+                (name,),
+            ).fetchone()
+        finally:
+            db.close()
+        return int(row[0])
+
+    with open(mount.path / name, "wb", buffering=0) as f:
+        for offset in range(0, size, MiB):
+            chunk = os.urandom(min(MiB, size - offset))
+            digest.update(chunk)
+            f.write(chunk)
+        wait_for(lambda: parts_sent() >= 2, 60, "parts sent while the file is open")
+    record = mount.remote_file(name)
+    assert record["size"] == size
+    assert record["checksum"] == digest.hexdigest()
+    assert record["metadata"]["mtime"] == pytest.approx(os.stat(mount.path / name).st_mtime)
 
 
 @pytest.mark.parametrize("how", ["stowfs", "fusermount3"])

@@ -96,7 +96,7 @@ class Operations(pyfuse3.Operations):
         self.cache = BlockCache(
             options.cache_dir / "blocks", options.cache_max_size, options.block_size
         )
-        self.uploader = Uploader(remote, self.tree, self.journal, options.write_back)
+        self.uploader = Uploader(remote, self.tree, self.journal, options.write_back, self._spawn)
         self.reader: Reader | None = None
         self.handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1
@@ -434,6 +434,7 @@ class Operations(pyfuse3.Operations):
         staged = await self._stage(handle.node)
         n = await staged.write(off, buf)
         staged.touch(time.time())
+        self.uploader.wrote(handle.node)
         return n
 
     @handler

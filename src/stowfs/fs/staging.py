@@ -5,6 +5,7 @@ All file I/O runs in worker threads (never on the trio thread).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -27,6 +28,9 @@ class Staged:
         self.journal_id: int | None = None
         self.uploading = False
         self.lock = trio.Lock()  # one upload at a time
+        # MD5 of bytes [0, size) while every write has appended at the end (as cp does);
+        # None after any other write or a truncate.
+        self.digest: Any = hashlib.md5(usedforsecurity=False)
 
     @classmethod
     def create(cls, directory: Path, metadata: dict[str, Any], mtime: float) -> Staged:
@@ -47,7 +51,9 @@ class Staged:
         self.mtime = mtime
 
     async def write(self, offset: int, data: bytes | memoryview) -> int:
-        n = await trio.to_thread.run_sync(os.pwrite, self.fd, data, offset)
+        if offset != self.size:
+            self.digest = None  # also a second append sent before the first landed
+        n = await trio.to_thread.run_sync(_pwrite, self.fd, data, offset, self.digest)
         self.size = max(self.size, offset + n)
         return n
 
@@ -55,6 +61,8 @@ class Staged:
         return await trio.to_thread.run_sync(os.pread, self.fd, size, offset)
 
     async def truncate(self, size: int) -> None:
+        if size != self.size:
+            self.digest = None
         await trio.to_thread.run_sync(os.ftruncate, self.fd, size)
         self.size = size
 
@@ -64,3 +72,10 @@ class Staged:
             os.close(self.fd)
             self.fd = -1
         self.path.unlink(missing_ok=True)
+
+
+def _pwrite(fd: int, data: bytes | memoryview, offset: int, digest: Any) -> int:
+    n = os.pwrite(fd, data, offset)
+    if digest is not None:
+        digest.update(data[:n])
+    return n

@@ -19,6 +19,7 @@ from ..errors import InvalidRequest, NotFound, StowfsError, TooLarge, Unsupporte
 from ..remote.base import Remote, RemoteFile
 from .journal import Entry, Journal
 from .staging import Staged
+from .streaming import Spawn, Streamer
 from .tree import Node, Tree
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,18 @@ PARALLEL = 8  # background uploads at a time
 
 class Uploader:
     def __init__(
-        self, remote: Remote, tree: Tree, journal: Journal, write_back: float | None
+        self,
+        remote: Remote,
+        tree: Tree,
+        journal: Journal,
+        write_back: float | None,
+        spawn: Spawn,
     ) -> None:
         self.remote = remote
         self.tree = tree
         self.journal = journal
         self.write_back = write_back
+        self.streamer = Streamer(remote, spawn)
         self.drop_folder = not remote.capabilities.list
         self._due: dict[Node, float] = {}  # nodes waiting for the background uploader
         self._backoff: dict[Node, float] = {}
@@ -48,6 +55,13 @@ class Uploader:
     # -- called by the operations ------------------------------------------------------
     def metadata_of(self, staged: Staged) -> dict[str, object]:
         return {**staged.metadata, "mtime": staged.mtime}
+
+    def wrote(self, node: Node) -> None:
+        """After a write: big files being appended to upload while they grow."""
+        staged = node.staged
+        if staged is not None:
+            folder, name = self.tree.location(node)
+            self.streamer.wrote(staged, folder, name, self.metadata_of(staged))
 
     async def record(self, node: Node) -> None:
         """Journal a node's pending upload (or update where it goes)."""
@@ -96,6 +110,7 @@ class Uploader:
             return
         staged.uploaded = staged.generation
         self._due.pop(node, None)
+        self.streamer.abandon(staged)
         if staged.journal_id is not None:
             await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
             staged.journal_id = None
@@ -112,6 +127,7 @@ class Uploader:
         self._due.pop(node, None)
         if staged is not None:
             staged.uploaded = staged.generation
+            self.streamer.abandon(staged)
             if staged.journal_id is not None:
                 await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
                 staged.journal_id = None
@@ -125,9 +141,7 @@ class Uploader:
                 folder, name = self.tree.location(node)
                 staged.uploading = True
                 try:
-                    new = await self.remote.upload(
-                        staged.path, folder, name, self.metadata_of(staged)
-                    )
+                    new = await self._send(staged, folder, name)
                 finally:
                     staged.uploading = False
                 staged.uploaded = generation
@@ -145,6 +159,19 @@ class Uploader:
                 node.staged = None
                 staged.discard()
             self.tree.reap(node)
+
+    async def _send(self, staged: Staged, folder: str, name: str) -> RemoteFile:
+        """Upload the staged bytes, completing the stream begun while they were written."""
+        metadata = self.metadata_of(staged)
+        stream = await self.streamer.finish(staged, folder, name)
+        checkpoint = stream.checkpoint if stream is not None else None
+        new = await self.remote.upload(staged.path, folder, name, metadata, checkpoint=checkpoint)
+        if stream is None or not self.remote.capabilities.metadata:
+            return new
+        # The stream was begun with the metadata of that moment (an older mtime, say).
+        patch = {k: v for k, v in metadata.items() if new.metadata.get(k) != v}
+        patch.update((k, None) for k in stream.metadata if k not in metadata)
+        return await self.remote.patch_metadata(new.key, patch) if patch else new
 
     async def _swap(self, node: Node, new: RemoteFile) -> None:
         old = node.file

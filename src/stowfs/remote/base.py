@@ -239,6 +239,10 @@ class Remote(abc.ABC):
         ETag lands in `checkpoint.parts`."""
         raise Unsupported("this remote has no multipart upload")
 
+    async def abort_upload(self, checkpoint: UploadCheckpoint) -> None:
+        """Best effort: release the parts of an upload that will not be completed."""
+        return  # no multipart, no parts
+
     # -- metadata and lifecycle --------------------------------------------------
     @abc.abstractmethod
     async def patch_metadata(self, key: str, patch: Mapping[str, Any]) -> RemoteFile:

@@ -81,6 +81,10 @@ class HttpRemote(Remote):
             self._unsupported("upload in parts")
         await self.multipart.send_part(checkpoint, number, source)
 
+    async def abort_upload(self, checkpoint: UploadCheckpoint) -> None:
+        if self.multipart is not None:
+            await self.multipart.abort(checkpoint.upload_id)
+
     # -- shared read path -------------------------------------------------------
     def stream(
         self, file: RemoteFile, offset: int = 0, length: int | None = None
