@@ -164,12 +164,16 @@ def test_parallel_cp(mount: Mount, tmp_path: Path) -> None:
         assert (mount.path / src.name).read_bytes() == src.read_bytes()
 
 
-def test_big_file_uploads_while_it_is_written(mount: Mount, live_server: LiveServer) -> None:
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_big_file_uploads_while_it_is_written(
+    mount: Mount, live_server: LiveServer, overwrite: bool
+) -> None:
     """Parts of a big file being written reach the server before close; the object is
-    whole, and its mtime is the file's."""
+    whole, and its mtime is the file's. An overwrite of bytes already sent falls back
+    to uploading the whole file at close."""
     name = f"streamed-{uuid.uuid4().hex[:8]}.bin"
     size = 50 * MiB + 2 * GROWING_PART + 12_345  # over one POST's limit, two parts more
-    digest = hashlib.md5()
+    data = bytearray()
 
     def parts_sent() -> int:
         db = sqlite3.connect(live_server.data_dir / "meta.db")
@@ -186,12 +190,16 @@ def test_big_file_uploads_while_it_is_written(mount: Mount, live_server: LiveSer
     with open(mount.path / name, "wb", buffering=0) as f:
         for offset in range(0, size, MiB):
             chunk = os.urandom(min(MiB, size - offset))
-            digest.update(chunk)
+            data += chunk
             f.write(chunk)
         wait_for(lambda: parts_sent() >= 2, 60, "parts sent while the file is open")
+        if overwrite:
+            f.seek(GROWING_PART // 2)
+            f.write(b"x" * 1000)
+            data[GROWING_PART // 2 : GROWING_PART // 2 + 1000] = b"x" * 1000
     record = mount.remote_file(name)
     assert record["size"] == size
-    assert record["checksum"] == digest.hexdigest()
+    assert record["checksum"] == hashlib.md5(data).hexdigest()
     assert record["metadata"]["mtime"] == pytest.approx(os.stat(mount.path / name).st_mtime)
 
 
