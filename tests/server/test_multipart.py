@@ -15,8 +15,11 @@ import httpx
 import pytest
 import trio
 
-from tests.livesrv import LiveServer, start_server
+from stowfs.server.config import MB, ServerConfig
+from stowfs.server.serve import bind, serve
+from tests.livesrv import LiveServer, create_key, start_server
 from tests.server.test_presign import (
+    chunked,
     listed_keys,
     put,
     server_db,
@@ -118,6 +121,60 @@ async def test_multipart_flow(api: httpx.AsyncClient, live_server: LiveServer) -
     r = await put(urls[1], b"late", {})
     assert r.status_code == 404
     assert error_code(r) == "NO_SUCH_UPLOAD"
+
+
+async def test_parts_of_odd_sizes(api: httpx.AsyncClient) -> None:
+    """Parts that do not fall on the server's buffer sizes, sent in parallel."""
+    size = (await initiate(api))["part_size_min"]
+    up = await initiate(api, "odd.bin")
+    chunks = [os.urandom(n) for n in (size + 4 * MB + 3, size + 1, 777)]
+    urls = await part_urls(api, up["upload_id"], parts=len(chunks))
+    etags: dict[int, str] = {}
+
+    async def send(number: int) -> None:
+        etags[number] = await put_part(urls[number], chunks[number - 1])
+
+    async with trio.open_nursery() as nursery:
+        for number in urls:
+            nursery.start_soon(send, number)
+    r = await complete(api, up["upload_id"], sorted(etags.items()))
+    assert r.status_code == 200, r.text
+    whole = b"".join(chunks)
+    assert r.json()["size"] == len(whole)
+    assert r.json()["checksum"] == md5(whole)
+    record = (await api.get(f"/files/storage/file/{up['object_key']}")).json()
+    assert record["checksum"] == md5(whole)
+    assert (await api.get(record["file_url"])).content == whole
+
+
+@pytest.fixture
+def small_parts(tmp_path: Path) -> tuple[ServerConfig, str]:
+    """Settings of a server taking parts of at most 2 MiB, and a key for it."""
+    config = ServerConfig(data_dir=tmp_path / "srv", part_min_bytes=MB, part_max_bytes=2 * MB)
+    return config, create_key(config.data_dir, "t")
+
+
+async def test_part_over_the_limit_streamed(small_parts: tuple[ServerConfig, str]) -> None:
+    """No Content-Length (chunked): 413 once the body passes the limit, and the bytes
+    received so far are dropped."""
+    config, key = small_parts
+    temp = config.data_dir / "blobs" / "tmp"
+    sock = bind("127.0.0.1", 0)
+    async with trio.open_nursery() as nursery:
+        base_url = await nursery.start(serve, config, sock)
+        sock.detach()  # hypercorn serves this descriptor now, and closes it
+        async with httpx.AsyncClient(
+            base_url=base_url, headers={"X-API-Key": key}, timeout=30
+        ) as api:
+            up = await initiate(api)
+            urls = await part_urls(api, up["upload_id"], part_numbers=[1, 2])
+            r = await put(urls[1], chunked(os.urandom(2 * MB + 1)), {})
+            assert r.status_code == 413
+            assert error_code(r) == "TOO_LARGE"
+            assert not any(temp.iterdir())
+            await put_part(urls[2], os.urandom(2 * MB))  # at the limit
+            assert not any(temp.iterdir())
+        nursery.cancel_scope.cancel()
 
 
 async def test_concurrent_completes_make_one_object(api: httpx.AsyncClient) -> None:

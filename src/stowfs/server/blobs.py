@@ -61,22 +61,15 @@ class BlobStore:
     async def receive_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> Received:
         """Stream a request body into a temp file. Raises TooLarge past `max_bytes`."""
         tmp = self.new_temp()
-        md5 = hashlib.md5(usedforsecurity=False)
-        size = 0
         try:
             f = await trio.to_thread.run_sync(open_new, tmp)
             with f:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise TooLarge  # noqa: TRY301
-                    md5.update(chunk)
-                    await trio.to_thread.run_sync(f.write, chunk)
-                await trio.to_thread.run_sync(os.fsync, f.fileno())
+                size, md5 = await write_hashed(chunks, max_bytes, f)
+                await trio.to_thread.run_sync(sync_file, f)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return Received(tmp, size, md5.hexdigest())
+        return Received(tmp, size, md5)
 
     async def receive_file(self, source: BinaryIO) -> Received:
         """Copy a spooled form upload into a temp file."""
@@ -107,8 +100,7 @@ class BlobStore:
                         md5.update(chunk)
                         out.write(chunk)
                         size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+                sync_file(out)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -122,7 +114,63 @@ class BlobStore:
 
 
 def open_new(path: Path) -> BinaryIO:
-    return open(path, "wb", buffering=0)
+    # Buffered: its write() writes all of a big buffer, where a raw write may be short.
+    return open(path, "wb")
+
+
+async def write_hashed(
+    chunks: AsyncIterator[bytes], max_bytes: int, out: BinaryIO
+) -> tuple[int, str]:
+    """Write `chunks` to `out`; returns (size, MD5). Raises TooLarge past `max_bytes`.
+
+    The body's small chunks are gathered into buffers of COPY_CHUNK bytes; a worker
+    thread hashes and writes each buffer (both release the GIL) while the trio thread
+    receives the next: it only runs the HTTP protocol, one thread hop per buffer.
+    """
+    md5 = hashlib.md5(usedforsecurity=False)
+    size = 0
+
+    def absorb(pieces: list[bytes]) -> None:
+        data = b"".join(pieces)
+        md5.update(data)
+        out.write(data)
+
+    # Unbuffered: at most one buffer being written and one being gathered.
+    send, receive = trio.open_memory_channel[list[bytes]](0)
+
+    async def drain() -> None:
+        async with receive:
+            async for pieces in receive:
+                await trio.to_thread.run_sync(absorb, pieces)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            async with send:
+                pending: list[bytes] = []
+                buffered = 0
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TooLarge
+                    pending.append(chunk)
+                    buffered += len(chunk)
+                    if buffered >= COPY_CHUNK:
+                        await send.send(pending)
+                        pending, buffered = [], 0
+                await send.send(pending)
+    except BaseExceptionGroup as group:
+        # One side's failure cancelled the other: callers expect it as itself.
+        _, failed = group.split(trio.Cancelled)
+        if failed is None:
+            raise
+        raise failed.exceptions[0] from None
+    return size, md5.hexdigest()
+
+
+def sync_file(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def publish(tmp: Path, dest: Path) -> None:
