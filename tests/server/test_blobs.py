@@ -1,5 +1,5 @@
-"""The blob store on its own: received bytes, their size and MD5, and no temp file
-left behind by a failure."""
+"""The blob store on its own: received and joined bytes, their size and MD5, and no
+temp file left behind by a failure."""
 
 from __future__ import annotations
 
@@ -104,4 +104,54 @@ async def test_cancelled_receive_leaves_no_temp_file(store: BlobStore) -> None:
         await receiving.wait()
         assert len(temp_files(store)) == 1
         nursery.cancel_scope.cancel()
+    assert temp_files(store) == []
+
+
+def write_parts(store: BlobStore, sizes: list[int]) -> tuple[list[Path], bytes]:
+    paths, pieces = [], []
+    for number, size in enumerate(sizes, 1):
+        path = store.part_path("up", number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        piece = os.urandom(size)
+        path.write_bytes(piece)
+        paths.append(path)
+        pieces.append(piece)
+    return paths, b"".join(pieces)
+
+
+async def test_concat_parts_of_odd_sizes(store: BlobStore) -> None:
+    paths, data = write_parts(store, ODD_SIZES)
+    check(await store.concat(paths), data, store)
+    assert b"".join(p.read_bytes() for p in paths) == data  # the parts are left as they were
+
+
+async def test_concat_of_a_missing_part(store: BlobStore) -> None:
+    paths, _ = write_parts(store, [10, 20])
+    paths[1].unlink()
+    with pytest.raises(FileNotFoundError):
+        await store.concat(paths)
+    assert temp_files(store) == []
+
+
+@pytest.mark.parametrize("error", [errno.EXDEV, errno.ENOSYS])
+async def test_concat_where_copy_file_range_cannot(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch, error: int
+) -> None:
+    def refuse(*args: object) -> int:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    paths, data = write_parts(store, ODD_SIZES)
+    check(await store.concat(paths), data, store)
+
+
+async def test_concat_copy_error(store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "copy_file_range", fail)
+    paths, _ = write_parts(store, [10, 20])
+    with pytest.raises(OSError) as failed:
+        await store.concat(paths)
+    assert failed.value.errno == errno.EIO
     assert temp_files(store) == []
