@@ -7,6 +7,7 @@ import errno
 import hashlib
 import io
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -155,3 +156,12 @@ async def test_concat_copy_error(store: BlobStore, monkeypatch: pytest.MonkeyPat
         await store.concat(paths)
     assert failed.value.errno == errno.EIO
     assert temp_files(store) == []
+
+
+@pytest.mark.parametrize("size", [1000, 3 * COPY_CHUNK + 5])  # in memory, on disk
+async def test_receive_spooled_file(store: BlobStore, size: int) -> None:
+    data = os.urandom(size)
+    with tempfile.SpooledTemporaryFile(max_size=1024 * 1024) as spool:
+        spool.write(data)
+        spool.seek(0)
+        check(await store.receive_file(spool), data, store)

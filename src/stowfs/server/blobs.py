@@ -76,7 +76,13 @@ class BlobStore:
 
     async def receive_file(self, source: BinaryIO) -> Received:
         """Copy a spooled form upload into a temp file."""
-        return await trio.to_thread.run_sync(self._copy_in, [source])
+
+        def run() -> Received:
+            fd = source.fileno()  # puts a spool still in memory on disk
+            source.flush()  # the descriptor is read, not Python's buffer
+            return self._join([fd])
+
+        return await trio.to_thread.run_sync(run)
 
     async def concat(self, sources: list[Path]) -> Received:
         """Join multipart parts into one temp file."""
@@ -105,24 +111,6 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
             raise
         return Received(tmp, size, md5)
-
-    def _copy_in(self, sources: list[BinaryIO]) -> Received:
-        tmp = self.new_temp()
-        md5 = hashlib.md5(usedforsecurity=False)
-        size = 0
-        try:
-            with open(tmp, "wb") as out:
-                for src in sources:
-                    src.seek(0)
-                    while chunk := src.read(COPY_CHUNK):
-                        md5.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-                sync_file(out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return Received(tmp, size, md5.hexdigest())
 
     def remove(self, file_id: str) -> None:
         self.path(file_id).unlink(missing_ok=True)
