@@ -41,7 +41,7 @@ def upload(m: Mount, folder: str, name: str, data: bytes, metadata: dict[str, ob
             files={"file": (name, data)},
             headers={"X-API-Key": ""},
         )
-        assert r.status_code == 204, r.text
+        assert r.status_code == 201, r.text
 
 
 def test_copy_list_read_edit_remove(mount: Mount, tmp_path: Path) -> None:

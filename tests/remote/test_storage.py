@@ -16,6 +16,7 @@ from stowfs.remote.storage import StorageRemote
 from stowfs.remote.transport import Transport
 from tests.livesrv import LiveServer
 from tests.remote.conftest import FAST, Open
+from tests.remote.faultproxy import FaultProxy
 
 MakeFile = Callable[..., Path]
 
@@ -252,3 +253,18 @@ async def test_empty_file_and_odd_names(
     stat = await storage.stat(file.key)
     assert stat.name == name
     assert await storage.read(stat, 0, 100) == b""
+
+
+async def test_small_upload_is_confirmed_by_its_answer(
+    open_client: Open, proxy: FaultProxy, folder: str, make_file: MakeFile
+) -> None:
+    """The server answers the POST with the stored record: no stat is needed."""
+    client = await open_client(url=proxy.base_url())
+    source = make_file(5000)
+    data = source.read_bytes()
+    file = await client.upload(source, folder, "s.bin", {"seed": 3})
+    assert file.checksum == hashlib.md5(data).hexdigest()
+    assert file.size == len(data)
+    assert file.metadata["seed"] == 3
+    assert proxy.count("GET", "/files/storage/file/") == 0
+    assert await client.read(file, 0, len(data)) == data

@@ -29,8 +29,14 @@ async def upload_post(
         files={"file": (filename, data)},
         headers={"X-API-Key": ""},
     )
-    assert r.status_code == 204, r.text
+    assert r.status_code == 201, r.text
+    answered = r.json()  # the stored object, as GET gives it (but for a newer URL)
+    assert r.headers["etag"] == f'"{answered["checksum"]}"'
     r = await api.get(f"/files/storage/file/{grant['object_key']}")
     assert r.status_code == 200, r.text
     record: dict[str, Any] = r.json()
+    urls = ("file_url", "url", "expires_at")
+    assert {k: v for k, v in answered.items() if k not in urls} == {
+        k: v for k, v in record.items() if k not in urls
+    }
     return record

@@ -192,7 +192,7 @@ async def test_kill_mid_upload_leaves_nothing_visible(
         r = await api.post(
             upload_url, data=grant["upload_fields"], files={"file": ("big.bin", data)}
         )
-        assert r.status_code == 204
+        assert r.status_code == 201
         assert (await api.get("/files/storage")).json()["total_bytes"] == len(data)
     objects = [p for p in (server_dir / "blobs" / "objects").rglob("*") if p.is_file()]
     assert len(objects) == 1

@@ -78,7 +78,7 @@ async def test_missing_or_changed_fields(api: httpx.AsyncClient) -> None:
     r = await post_form(g["upload_url"], fields)
     assert r.status_code == 403
     r = await post_form(g["upload_url"], g["upload_fields"])
-    assert r.status_code == 204
+    assert r.status_code == 201
 
 
 async def test_tampered_policy(api: httpx.AsyncClient) -> None:
@@ -108,7 +108,7 @@ async def test_expired_policy(api: httpx.AsyncClient, live_server: LiveServer) -
 
 async def test_replayed_policy(api: httpx.AsyncClient) -> None:
     g = await grant(api)
-    assert (await post_form(g["upload_url"], g["upload_fields"], b"first")).status_code == 204
+    assert (await post_form(g["upload_url"], g["upload_fields"], b"first")).status_code == 201
     r = await post_form(g["upload_url"], g["upload_fields"], b"second")
     assert r.status_code == 412
     assert error_code(r) == "ALREADY_EXISTS"

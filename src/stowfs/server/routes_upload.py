@@ -8,14 +8,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from . import files
 from .auth import Principal
 from .blobs import read_form, too_large
+from .config import URL_EXPIRATION_DEFAULT
 from .errors import APIError, bad_request, forbidden
-from .state import ServerState, StateDep
+from .records import file_record
+from .state import ServerState, StateDep, UrlsDep
 from .timeutil import parse_iso
+from .urls import Urls
 
 router = APIRouter(prefix="/v1")
 
@@ -43,7 +46,7 @@ def _check_policy(policy: dict[str, Any], fields: dict[str, str]) -> tuple[str, 
 
 
 @router.post("/upload", include_in_schema=False)
-async def presigned_post(request: Request, state: StateDep) -> Response:
+async def presigned_post(request: Request, state: StateDep, urls: UrlsDep) -> Response:
     form = await read_form(request, state.config.post_max_bytes)
     try:
         items = list(form.multi_items())
@@ -61,7 +64,7 @@ async def presigned_post(request: Request, state: StateDep) -> Response:
         size = upload.size or 0
         if not low <= size <= high:
             raise too_large(high) if size > high else bad_request("file is too small")
-        return await _finish(state, key, upload)
+        return await _finish(state, urls, key, upload)
     finally:
         await form.close()
 
@@ -71,16 +74,21 @@ def _pending(conn: sqlite3.Connection, key: str) -> tuple[sqlite3.Row, Principal
     return None if row is None else (row, files.owner(conn, row))
 
 
-async def _finish(state: ServerState, key: str, upload: UploadFile) -> Response:
+async def _finish(state: ServerState, urls: Urls, key: str, upload: UploadFile) -> Response:
     found = await state.db.read(lambda c: _pending(c, key))
     if found is None:
         raise APIError(404, "NOT_FOUND", "the upload has expired or was aborted")
     row, who = found
     received = await state.blobs.receive_file(upload.file)
-    await files.publish_upload(
+    stored = await files.publish_upload(
         state.db,
         received,
         row["content_type"],
         lambda c, facts: files.store(c, who, state.blobs, row["id"], received, facts),
     )
-    return Response(status_code=204, headers={"ETag": f'"{received.md5}"'})
+    # 201 with the stored object's record (as GET file gives it) spares clients a stat.
+    return JSONResponse(
+        file_record(stored, urls, URL_EXPIRATION_DEFAULT),
+        status_code=201,
+        headers={"ETag": f'"{received.md5}"'},
+    )
