@@ -18,46 +18,51 @@ ON_PAR = 0.95  # a ratio this close to 1 is within the noise of a shared machine
 # Why stowfs is slower where it is: read from the profiles below and from probes of the
 # mount (shown only where a run finds it slower).
 WHY: dict[str, str] = {
-    "seq_read_cold": "The mount writes every block it fetches (4 MiB) into its on-disk"
-    " block cache before or while handing it to the kernel (`Path.write_bytes` under"
-    " `BlockCache.store` is about a third of the samples) and answers each 128 KiB kernel"
-    " read in Python through pyfuse3 and trio; rclone with `--vfs-cache-mode off` streams"
-    " the GET straight to the kernel from Go. The cache is what makes the warm read"
-    " several times faster than rclone's.",
-    "ttfb": "On a fresh mount the first read waits for a whole 4 MiB block (the block"
-    " cache's unit) where rclone returns its first buffer of the stream.",
-    "random_4k": "Each miss fetches and stores a whole 4 MiB block, 1,024 times the 4 KiB"
-    " asked for (cheap for the next reads nearby, costly for scattered ones); rclone"
-    " opens a ranged GET at the offset and transfers little more than what is read.",
-    "ls_cold": "Listing the folder is JSON decoding and a node per file in Python"
-    " (`JSONDecoder.raw_decode`, `Tree.new`, `timestamp` in the profile), then one FUSE"
-    " LOOKUP per entry served through pyfuse3 and trio, where rclone does both in Go.",
-    "ls_warm": "A probe repeating `ls -l` on one mount: stowfs takes 1.0–1.5 s every time,"
-    " rclone 0.13–0.15 s when run within a second of the previous listing and 0.8 s after"
-    " a 2 s pause. Both keep the kernel's entries and attributes for 1 s only, so a warm"
-    " `ls -l` is again one LOOKUP/GETATTR round trip per entry, and stowfs's are slower:"
-    " py-spy on a warm `ls -l` finds no stowfs code at all, only pyfuse3's request"
-    " dispatch (39% self) and trio's event loop (39%), i.e. the ~0.1 ms per request of"
-    " crossing into Python. Longer entry/attribute timeouts (the listing is cached for"
-    " `--dir-cache-time` anyway) would let the kernel answer.",
-    "stat_many": "Same cost as `ls -l`: one LOOKUP per file, each crossing into Python.",
-    "cp_in": "The mount stages the file locally, then uploads it on close and hashes it"
-    " (`_md5_file` in a worker thread) in the critical path; the upload is bounded by the"
-    " reference server's receive rate (curl's own upload to it is ~90 MB/s, against"
-    " ~500 MB/s to nginx), where rclone serve writes the stream to disk in Go.",
-    "small_in": "Uploads happen on close, one file at a time, each a chain of three HTTP"
-    " round trips (upload URL, the POST of the bytes, a stat that checks the stored"
-    " checksum) plus an MD5 in a worker thread: at the server's few milliseconds per"
-    " request that is ~50 files/s. The mount is on CPU about half of the time (trio's"
-    " epoll wait and thread hand-offs lead the profile): it is latency-bound. rclone's"
-    " `--vfs-write-back 0s` returns from close at once and uploads 4 files in parallel"
-    " with one PUT each.",
-    "small_out": "Each file read on a fresh mount is a signed-URL GET of its block issued"
-    " and awaited from Python, one file at a time; the profile shows mostly waiting"
-    " (epoll) and new connections being opened (`socket.connect`), where rclone needs one"
-    " GET per file on kept-alive connections.",
-    "rss_mount": "Most likely the sequential read: its read-ahead window grows to 32"
-    " blocks of 4 MiB (up to 128 MiB in flight), on top of the Python runtime.",
+    "seq_read_cold": "The mount is on CPU for nearly all of the read (0.42 s of CPU for a"
+    " 0.49 s read of 512 MiB in a probe): every byte of the GET is copied four times in"
+    " Python's HTTP stack and the read path (into h11's receive buffer, out of it, into"
+    " httpcore's `bytes`, and once more when chunks are joined into a 4 MiB block) before"
+    " pyfuse3 hands the kernel a view of the block (no copy since this run's code). In"
+    " the profile, httpx/h11 receiving is ~28% of the samples, pyfuse3's replies ~18%,"
+    " block assembly ~11%; rclone with `--vfs-cache-mode off` streams the GET to the"
+    " kernel from Go.",
+    "ttfb": "On a fresh mount the first read waits for a whole 1 MiB block (the block"
+    " cache's unit, and the kernel's read size) where rclone returns its first buffer of"
+    " the stream.",
+    "random_4k": "Each miss fetches a whole 1 MiB block, 256 times the 4 KiB asked for"
+    " (cheap for the next reads nearby, costly for scattered ones), one signed GET of"
+    " the Python server each; rclone opens a ranged GET at the offset.",
+    "ls_cold": "`ls -l` asks every entry for two extended attributes (`security.selinux`,"
+    " `system.posix_acl_access`), which the kernel never caches for FUSE: 2 requests per"
+    " file crossing into Python. A do-nothing pyfuse3 filesystem answers one in ~48 µs on"
+    " this machine (10,000 getxattr in 0.48 s), so 10,000 entries cost ~1 s in round trips"
+    " alone. rclone mount has no extended attributes: its first getxattr answers ENOSYS,"
+    " after which the kernel stops asking (strace: no per-file getxattr under rclone)."
+    " stowfs keeps xattrs, its point. The listing itself (10 pages of 1,000 from the"
+    " server, ~0.33 s) comes on top when cold.",
+    "ls_warm": "The same two getxattr round trips per entry as cold (the kernel keeps"
+    " entries and attributes for `--dir-cache-time`, so stat costs nothing, but it never"
+    " caches xattr answers); rclone's kernel asks none after its ENOSYS.",
+    "stat_many": "One LOOKUP per file on a fresh mount, each a round trip into Python"
+    " (pyfuse3 and trio: ~50 µs here), where rclone answers from Go.",
+    "cp_in": "The upload is bounded by the reference server: Python receives every byte"
+    " and hashes it twice (each part's MD5 for its ETag, the whole object's at complete,"
+    " both required by the protocol), on the core the mount and cp leave; rclone serve"
+    " writes the stream to disk in Go and hashes nothing. The mount itself streams the"
+    " parts while cp writes and hashes the file as it is written, so close only waits for"
+    " the last parts and the complete.",
+    "small_in": "Uploads happen on close, one file at a time: two HTTP requests per file"
+    " (the upload URL, then the POST, whose answer is the stored record), each 1.5–3 ms of"
+    " the Python reference server (FastAPI on hypercorn: ~0.8 ms for a request that does"
+    " nothing). The server is the limit: stowfs's own client, with no mount and 8 uploads"
+    " in parallel, reaches ~180 uploads/s against it. rclone's `--vfs-write-back 0s`"
+    " returns from close at once and PUTs to `rclone serve`, which answers in Go.",
+    "small_out": "Each file read on a fresh mount is one signed-URL GET issued and awaited"
+    " from Python, one file at a time; the reference server's floor is ~0.8 ms a request"
+    " (a small GET ~1.7 ms), against Go on both sides for rclone.",
+    "rss_mount": "Most likely the sequential read: its read-ahead window grows to 64"
+    " blocks of 1 MiB in flight, and the last 80 blocks stay in memory, on top of the"
+    " Python runtime.",
 }
 
 

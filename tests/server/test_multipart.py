@@ -55,6 +55,19 @@ async def put_part(url: str, data: bytes) -> str:
     return etag
 
 
+async def put_parts(urls: dict[int, str], chunks: list[bytes]) -> dict[int, str]:
+    """Part n (1-based) is chunks[n - 1]; all sent at once. Returns their ETags."""
+    etags: dict[int, str] = {}
+
+    async def send(number: int) -> None:
+        etags[number] = await put_part(urls[number], chunks[number - 1])
+
+    async with trio.open_nursery() as nursery:
+        for number in urls:
+            nursery.start_soon(send, number)
+    return etags
+
+
 async def complete(
     api: httpx.AsyncClient, upload_id: str, parts: list[tuple[int, str]]
 ) -> httpx.Response:
@@ -80,14 +93,7 @@ async def test_multipart_flow(api: httpx.AsyncClient, live_server: LiveServer) -
     urls = await part_urls(api, up["upload_id"], parts=len(chunks))
     assert sorted(urls) == [1, 2, 3, 4]
 
-    etags: dict[int, str] = {}
-
-    async def send(number: int) -> None:
-        etags[number] = await put_part(urls[number], chunks[number - 1])
-
-    async with trio.open_nursery() as nursery:
-        for number in urls:
-            nursery.start_soon(send, number)
+    etags = await put_parts(urls, chunks)
     assert any(parts_dir(live_server, up["upload_id"]).iterdir())
     assert await listed_keys(api) == []  # nothing visible before complete
 
@@ -129,14 +135,7 @@ async def test_parts_of_odd_sizes(api: httpx.AsyncClient) -> None:
     up = await initiate(api, "odd.bin")
     chunks = [os.urandom(n) for n in (size + 4 * MB + 3, size + 1, 777)]
     urls = await part_urls(api, up["upload_id"], parts=len(chunks))
-    etags: dict[int, str] = {}
-
-    async def send(number: int) -> None:
-        etags[number] = await put_part(urls[number], chunks[number - 1])
-
-    async with trio.open_nursery() as nursery:
-        for number in urls:
-            nursery.start_soon(send, number)
+    etags = await put_parts(urls, chunks)
     r = await complete(api, up["upload_id"], sorted(etags.items()))
     assert r.status_code == 200, r.text
     whole = b"".join(chunks)

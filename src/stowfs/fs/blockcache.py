@@ -20,7 +20,7 @@ Buffer = bytes | memoryview  # block data: views of cached blocks, or bytes read
 
 SCAN_FRACTION = 4
 WRITE_BACKLOG = 4  # blocks waiting for the disk
-MEMORY_BLOCKS = 20  # above the largest read-ahead window, so read-ahead stays in memory
+MEMORY_BLOCKS = 80  # above the largest read-ahead window, so read-ahead stays in memory
 
 
 def version_id(file: RemoteFile) -> str:

@@ -20,5 +20,5 @@ class MountOptions:
     uid: int = 0
     gid: int = 0
     umask: int = 0o022
-    block_size: int = 4 * MiB
-    read_ahead: int = 16  # blocks, the largest read-ahead window
+    block_size: int = 1 * MiB
+    read_ahead: int = 64  # blocks, the largest read-ahead window
