@@ -16,7 +16,7 @@ import trio
 from starlette.requests import ClientDisconnect
 
 from stowfs.server import blobs
-from stowfs.server.blobs import COPY_CHUNK, BlobStore, Received, TooLarge
+from stowfs.server.blobs import COPY_CHUNK, SMALL_FILE, BlobStore, Received, TooLarge
 
 # Around and across the COPY_CHUNK buffers, with empty and one-byte pieces.
 ODD_SIZES = [1, 65536, 0, 3, COPY_CHUNK - 5, COPY_CHUNK + 7, 2 * COPY_CHUNK + 1, 12345]
@@ -158,7 +158,8 @@ async def test_concat_copy_error(store: BlobStore, monkeypatch: pytest.MonkeyPat
     assert temp_files(store) == []
 
 
-@pytest.mark.parametrize("size", [1000, 3 * COPY_CHUNK + 5])  # in memory, on disk
+# in memory (one read), the largest copied in one read, on disk (the kernel's copy)
+@pytest.mark.parametrize("size", [1000, SMALL_FILE, 3 * COPY_CHUNK + 5])
 async def test_receive_spooled_file(store: BlobStore, size: int) -> None:
     data = os.urandom(size)
     with tempfile.SpooledTemporaryFile(max_size=1024 * 1024) as spool:
