@@ -350,12 +350,16 @@ async def test_write_back_and_resume(
         assert await fs.read_file("a") == b"pending bytes"
     assert remote.files == {}
     remote.down = False
+    stray = cache / "staging" / "never-closed"  # a crash before close leaves such files
+    stray.write_bytes(b"half")
     async with mounted_ops(remote, cache, write_back=0.0):
         with trio.fail_after(5):
             while not remote.by_path("a"):
                 await trio.sleep(0.01)
+        assert not stray.exists()
     [f] = remote.by_path("a")
     assert remote.blobs[f.key] == b"pending bytes"
+    assert list((cache / "staging").iterdir()) == []
 
 
 async def test_write_back_uploads_in_background(

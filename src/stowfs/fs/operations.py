@@ -96,7 +96,9 @@ class Operations(pyfuse3.Operations):
         self.cache = BlockCache(
             options.cache_dir / "blocks", options.cache_max_size, options.block_size
         )
-        self.uploader = Uploader(remote, self.tree, self.journal, options.write_back, self._spawn)
+        self.uploader = Uploader(
+            remote, self.tree, self.journal, options.write_back, self._spawn, self.staging_dir
+        )
         self.reader: Reader | None = None
         self.handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1

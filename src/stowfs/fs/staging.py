@@ -79,3 +79,15 @@ def _pwrite(fd: int, data: bytes | memoryview, offset: int, digest: Any) -> int:
     if digest is not None:
         digest.update(data[:n])
     return n
+
+
+def sweep(directory: Path, keep: set[str]) -> int:
+    """Delete the staging files no journal row names (`keep`: their file names; a crash
+    before close left the others: their writer never had a successful close). Returns
+    how many went."""
+    gone = 0
+    for path in directory.iterdir():
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+            gone += 1
+    return gone

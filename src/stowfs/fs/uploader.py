@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from pathlib import Path
 
 import trio
 
 from ..errors import InvalidRequest, NotFound, StowfsError, TooLarge, UnsupportedMediaType
 from ..remote.base import Remote, RemoteFile
+from . import staging
 from .journal import Entry, Journal
 from .staging import Staged
 from .streaming import Spawn, Streamer
@@ -38,8 +40,10 @@ class Uploader:
         journal: Journal,
         write_back: float | None,
         spawn: Spawn,
+        staging_dir: Path,
     ) -> None:
         self.remote = remote
+        self.staging_dir = staging_dir
         self.tree = tree
         self.journal = journal
         self.write_back = write_back
@@ -205,6 +209,10 @@ class Uploader:
         self._orphans = await trio.to_thread.run_sync(self.journal.pending)
         if self._orphans:
             log.warning("resuming %d journaled upload(s) of an earlier mount", len(self._orphans))
+        keep = {entry.staging.name for entry in self._orphans}
+        stray = await trio.to_thread.run_sync(staging.sweep, self.staging_dir, keep)
+        if stray:
+            log.info("removed %d staging file(s) of writes never closed", stray)
         task_status.started()
         orphans_due = 0.0
         orphan_delay = 0.0
