@@ -5,6 +5,8 @@ local disk."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,9 @@ from tests.benchmarks.bench_client import (
     split_parts,
     timed,
 )
+from tests.benchmarks.peers import START_TIMEOUT, unmount
+from tests.benchmarks.workloads import Layout, seq_read, timed_run
+from tests.fs.mountfix import wait_for
 
 Record = Callable[[str, str, float], None]  # (measure, system, value)
 CHUNK = 1024 * 1024
@@ -77,3 +82,31 @@ async def transfers(
     record("upload", "curl → nginx", mb / await nginx_upload(client, source, nginx_url, work))
     seconds, _ = await timed(client.upload, source, "bench", source.name)
     record("upload", "stowfs client", mb / seconds)
+
+
+NULL_FS = "pyfuse3 null fs"
+
+
+def null_fs(layout: Layout, work: Path, record: Record) -> None:
+    """The floor of a pyfuse3 + trio mount here: a filesystem that does no work (see
+    nullfs.py), read and listed like stowfs: a cold read fills the kernel's page cache,
+    and `ls -l` makes two getxattr round trips per entry."""
+    path = work / "nullfs"
+    path.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "tests.benchmarks.nullfs", str(path), str(layout.big_size)]
+    with open(work / "nullfs.log", "ab") as log:
+        proc = subprocess.Popen([*cmd, str(len(layout.many_names))], stdout=log, stderr=log)
+    try:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nullfs exited {proc.returncode}")
+            return os.path.ismount(path)
+
+        wait_for(ready, START_TIMEOUT, "nullfs")
+        _, whole = seq_read(path / "big")
+        record("null_read", NULL_FS, layout.big_size / whole / 1e6)
+        timed_run("ls", "-l", path / "many")  # the kernel learns the entries
+        record("null_ls", NULL_FS, timed_run("ls", "-l", path / "many"))
+    finally:
+        unmount(path, proc)

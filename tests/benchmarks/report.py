@@ -79,6 +79,8 @@ MEASURES: dict[str, Measure] = {
     "download": Measure("Download {big}", "MB/s", True, "limits", "curl → server"),
     "upload": Measure("Upload {big} (parallel parts)", "MB/s", True, "limits", "curl → server"),
     "disk_read": Measure("Local disk read {big}", "MB/s", True, "limits"),
+    "null_read": Measure("Sequential read {big}, fresh mount", "MB/s", True, "limits"),
+    "null_ls": Measure("ls -l of {many} entries, warm", "s", False, "limits"),
     "upload_url": Measure("upload-url, 16 connections", "req/s", True, "server"),
     "search_p95": Measure("search p95 at {files} files", "ms", False, "server"),
     "seq_read_cold": Measure("Sequential read {big}, cold", "MB/s", True, "fs"),
@@ -357,7 +359,10 @@ def render(results: Results, charts: list[str]) -> str:
         "",
         "curl and stowfs's own client against the reference server and against nginx serving"
         " the same file (one inode, hard-linked, warm in the page cache); uploads split into the"
-        " client's part size and parallelism, PUT by `curl --parallel` (nginx: WebDAV PUT).",
+        " client's part size and parallelism, PUT by `curl --parallel` (nginx: WebDAV PUT)."
+        " The pyfuse3 null fs (`tests/benchmarks/nullfs.py`) is a mount that does no work: its"
+        " reads return one constant buffer, its xattrs answer at once; it is the floor of any"
+        " pyfuse3 + trio filesystem on this machine, page cache filling included.",
         "",
         *systems_table(results, "limits"),
         "",
