@@ -22,6 +22,7 @@ from tests.benchmarks.bench_client import (
     timed,
 )
 from tests.benchmarks.peers import START_TIMEOUT, unmount
+from tests.benchmarks.report import NULL_FS
 from tests.benchmarks.workloads import Layout, seq_read, timed_run
 from tests.fs.mountfix import wait_for
 
@@ -82,9 +83,6 @@ async def transfers(
     record("upload", "curl → nginx", mb / await nginx_upload(client, source, nginx_url, work))
     seconds, _ = await timed(client.upload, source, "bench", source.name)
     record("upload", "stowfs client", mb / seconds)
-
-
-NULL_FS = "pyfuse3 null fs"
 
 
 def null_fs(layout: Layout, work: Path, record: Record) -> None:

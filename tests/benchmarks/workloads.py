@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.benchmarks.peers import FsTarget, peak_rss_mb, reset_peak_rss
+from tests.benchmarks.peers import FsTarget, Mounted, peak_rss_mb, reset_peak_rss
 from tests.fs.mountfix import wait_for
 
 Record = Callable[[str, float], None]  # (measure, value) for the target being run
@@ -97,29 +98,36 @@ def copy_in(src: Path, dst: Path, durable: Callable[[], bool]) -> float:
     return time.perf_counter() - start
 
 
+def fresh(target: FsTarget, phase: str, write: bool = False) -> AbstractContextManager[Mounted]:
+    """A fresh mount of `target`, once the kernel has written out what earlier phases left
+    dirty (gigabytes of uploads): its writeback would slow whatever runs next."""
+    os.sync()
+    return target.mount(phase, write)
+
+
 def run_target(target: FsTarget, layout: Layout, record: Record, seed: int) -> None:
     """One round of every workload on fresh mounts of `target`."""
     peak = 0.0
-    with target.mount("sequential read") as m:
+    with fresh(target, "sequential read") as m:
         first, whole = seq_read(m.path / layout.big)
         record("ttfb", first * 1000)
         record("seq_read_cold", layout.big_size / whole / 1e6)
         record("seq_read_warm", layout.big_size / seq_read(m.path / layout.big)[1] / 1e6)
         peak = max(peak, peak_rss_mb(m.pid))
-    with target.mount("random reads") as m:
+    with fresh(target, "random reads") as m:
         seconds = random_reads(m.path / layout.big, layout.big_size, layout.random_reads, seed)
         record("random_4k", layout.random_reads / seconds)
         peak = max(peak, peak_rss_mb(m.pid))
-    with target.mount("stat") as m:
+    with fresh(target, "stat") as m:
         record("stat_many", stat_all(m.path / layout.many, layout.many_names))
         peak = max(peak, peak_rss_mb(m.pid))
-    with target.mount("ls -l") as m:
+    with fresh(target, "ls -l") as m:
         record("ls_cold", timed_run("ls", "-l", m.path / layout.many))
         record("ls_warm", timed_run("ls", "-l", m.path / layout.many))
         peak = max(peak, peak_rss_mb(m.pid))
     small = {p.name: p.stat().st_size for p in layout.source_small.iterdir()}
     small_folder = f"in/{layout.source_small.name}"
-    with target.mount("cp big file in", write=True) as m:
+    with fresh(target, "cp big file in", write=True) as m:
         (m.path / "in").mkdir()
         reset_peak_rss(m.pid)
         big = {layout.source_big.name: layout.big_size}
@@ -127,17 +135,17 @@ def run_target(target: FsTarget, layout: Layout, record: Record, seed: int) -> N
         record("cp_in", layout.big_size / seconds / 1e6)
         record("rss_cp", peak_rss_mb(m.pid))
         peak = max(peak, peak_rss_mb(m.pid))
-    with target.mount("small files in", write=True) as m:
+    with fresh(target, "small files in", write=True) as m:
         seconds = copy_in(
             layout.source_small, m.path / "in", lambda: target.stored(small_folder) == small
         )
         record("small_in", len(small) / seconds)
         peak = max(peak, peak_rss_mb(m.pid))
-    with target.mount("small files out") as m:
+    with fresh(target, "small files out") as m:
         count, seconds = read_all(m.path / "in" / layout.source_small.name)
         assert count == len(small), count
         record("small_out", count / seconds)
         peak = max(peak, peak_rss_mb(m.pid))
     record("rss_mount", peak)
-    with target.mount(CLEAN_UP) as m:  # the next round starts from the same state
+    with fresh(target, CLEAN_UP) as m:  # the next round starts from the same state
         shutil.rmtree(m.path / "in")
