@@ -418,3 +418,22 @@ async def test_rename_waits_for_an_upload_in_flight(fs: FS, remote: MemRemote) -
         gate.set()
     assert {f.path: remote.blobs[f.key] for f in remote.files.values()} == {"b": b"new"}
     assert await fs.listdir() == ["b"]
+
+
+async def test_a_listing_older_than_our_own_changes_does_not_undo_them(
+    fs: FS, remote: MemRemote
+) -> None:
+    """A listing asked for before an upload landed (or a delete happened) is older than
+    them: it must not bring back the replaced version or the deleted file."""
+    await fs.write_file("a", b"version 1")
+    await fs.write_file("b", b"doomed")
+    root = fs.ops.tree.nodes[pyfuse3.ROOT_INODE]
+    asked = trio.current_time()
+    stale = await remote.list_folder("")  # the change feed's refresh, still in flight
+    await fs.write_file("a", b"version 2")
+    await fs.unlink("b")
+    fs.ops.tree.merge(root, set(), stale, asked)
+    assert await fs.listdir() == ["a"]
+    assert await fs.read_file("a") == b"version 2"
+    fs.ops.tree.merge(root, set(), await remote.list_folder(""), trio.current_time())
+    assert await fs.read_file("a") == b"version 2"

@@ -295,7 +295,7 @@ class Operations(pyfuse3.Operations):
                 pass
         if node.file is None or not self.caps.metadata:
             return  # a drop folder keeps no times: accepted, like chmod
-        node.file = await self.remote.patch_metadata(node.file.key, {"mtime": mtime})
+        self.tree.own(node, await self.remote.patch_metadata(node.file.key, {"mtime": mtime}))
         node.kernel_version = node.version
         if node.staged is not None:
             node.staged.mtime = mtime
@@ -338,7 +338,7 @@ class Operations(pyfuse3.Operations):
         folder = self.tree.folder_of(parent)
         await self.remote.mkdir(f"{folder}/{text}" if folder else text)
         node = self.tree.new(parent, text, True, created=time.time())
-        node.listed_at = trio.current_time()
+        node.listed_at = node.owned_at = trio.current_time()
         node.lookups += 1
         return self._attr(node)
 
@@ -478,6 +478,7 @@ class Operations(pyfuse3.Operations):
             if self.caps.delete:
                 with contextlib.suppress(NotFound):
                     await self.remote.delete(node.file.key)
+            self.tree.deleted(node.file.key)
             if not self.caps.list:  # a drop folder forgets it (the remote may keep it)
                 await trio.to_thread.run_sync(self.journal.remove_drop, node.file.key)
         await self.uploader.cancel(node)
@@ -534,9 +535,9 @@ class Operations(pyfuse3.Operations):
     async def _move_file(self, node: Node, new_parent: Node, new_name: str) -> None:
         if node.file is not None and self.caps.move:
             folder = self.tree.folder_of(new_parent)
-            node.file = await self.remote.move(node.file, folder, new_name)
+            self.tree.own(node, await self.remote.move(node.file, folder, new_name))
         elif node.file is not None:  # a drop folder: renamed in our own record only
-            node.file = dataclasses.replace(node.file, name=new_name)
+            self.tree.own(node, dataclasses.replace(node.file, name=new_name))
             await trio.to_thread.run_sync(self.journal.add_drop, node.file)
         self.tree.move(node, new_parent, new_name)
         await self.uploader.record(node)  # a staged file is renamed locally
@@ -560,7 +561,7 @@ class Operations(pyfuse3.Operations):
         self.tree.move(node, new_parent, new_name)
         for child in self.tree.walk(node):
             if child.file is not None and child.file.key in moved:
-                child.file = moved[child.file.key]
+                self.tree.own(child, moved[child.file.key])
                 child.kernel_version = child.version
             await self.uploader.record(child)
 
@@ -728,7 +729,7 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.ENOENT)
         if not self.caps.metadata:
             raise FUSEError(errno.ENOTSUP)
-        node.file = await self.remote.patch_metadata(node.file.key, {key: value})
+        self.tree.own(node, await self.remote.patch_metadata(node.file.key, {key: value}))
         node.kernel_version = node.version
         if staged is not None:
             staged.metadata = dict(node.file.metadata)
@@ -740,5 +741,5 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.EINVAL)
         if not self.caps.metadata:
             raise FUSEError(errno.ENOTSUP)
-        node.file = await self.remote.set_public(node.file.key, bool(value))
+        self.tree.own(node, await self.remote.set_public(node.file.key, bool(value)))
         node.kernel_version = node.version

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from .staging import Staged
 log = logging.getLogger(__name__)
 
 ROOT = pyfuse3.ROOT_INODE
+GONE_KEPT = 600.0  # seconds a deleted key is kept from listings (no listing takes longer)
 
 
 @dataclass(eq=False)
@@ -44,6 +46,9 @@ class Node:
     created: float = 0.0
     # the object version whose bytes the kernel's page cache holds
     kernel_version: tuple[str, str | None] | None = None
+    # trio time this mount last made the node's object (or created the node): a listing
+    # asked for before then may predate it and must not undo it
+    owned_at: float = -math.inf
 
     @property
     def size(self) -> int:
@@ -94,6 +99,7 @@ class Tree:
         self.started = now  # the time shown on folders (they have none of their own)
         self._next = ROOT + 1
         self._locks: dict[pyfuse3.InodeT, trio.Lock] = {}
+        self._gone: dict[str, float] = {}  # keys this mount deleted or replaced: trio time
         root = Node(ROOT, ROOT, "", True, created=now)
         root.lookups = 1  # the kernel never forgets the root
         self.nodes[ROOT] = root
@@ -112,6 +118,18 @@ class Tree:
         self.nodes[node.inode] = node
         parent.children[name] = node.inode
         return node
+
+    def own(self, node: Node, file: RemoteFile) -> None:
+        """This mount made `file` the node's object (an upload, a patch, a move)."""
+        if node.file is not None and node.file.key != file.key:
+            self.deleted(node.file.key)
+        node.file = file
+        node.owned_at = trio.current_time()
+
+    def deleted(self, key: str) -> None:
+        """This mount deleted (or replaced) the object `key`: a listing that still shows it
+        is older than that."""
+        self._gone[key] = trio.current_time()
 
     def child(self, parent: Node, name: str) -> Node | None:
         inode = parent.children.get(name)
@@ -207,6 +225,7 @@ class Tree:
             if node.listed_at is not None and node.listed_at >= started and not force:
                 return  # someone listed it while we waited
             folder = self.folder_of(node)
+            asked = trio.current_time()
             try:
                 files = await self.remote.list_folder(folder)
                 folders = await self.remote.list_folders(folder)
@@ -217,15 +236,20 @@ class Tree:
                 return
             except NotFound:
                 files, folders = [], []
-            self.merge(node, {f.name for f in folders}, files)
+            self.merge(node, {f.name for f in folders}, files, asked)
             node.listed_at = trio.current_time()
 
-    def merge(self, node: Node, folders: set[str], files: list[RemoteFile]) -> None:
-        shown = visible_names(files, folders)
+    def merge(self, node: Node, folders: set[str], files: list[RemoteFile], asked: float) -> None:
+        """Apply a listing of `node` asked for at trio time `asked`. What this mount did
+        since (an upload landing, a delete) is newer than the listing and stays."""
+        for key, when in list(self._gone.items()):
+            if when < asked - GONE_KEPT:
+                del self._gone[key]  # no listing asked for now can still show it
+        shown = visible_names([f for f in files if f.key not in self._gone], folders)
         for name, inode in list(node.children.items()):
             child = self.nodes[inode]
-            if self._pending(child):
-                continue  # our own unfinished write is the truth
+            if self._pending(child) or child.owned_at >= asked:
+                continue  # our own unfinished or newer write is the truth
             if child.is_dir and name in folders:
                 continue
             remote = shown.get(name)

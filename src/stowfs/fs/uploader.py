@@ -180,7 +180,7 @@ class Uploader:
     async def _swap(self, node: Node, new: RemoteFile) -> None:
         old = node.file
         kept = node.kernel_version is not None and node.kernel_version == node.version
-        node.file = new
+        self.tree.own(node, new)
         if kept or node.kernel_version is None:
             node.kernel_version = node.version  # the kernel holds exactly these bytes
         if self.drop_folder:
@@ -190,6 +190,7 @@ class Uploader:
 
     async def _delete(self, key: str) -> None:
         """Delete a replaced object; a write-only remote keeps it, our record drops it."""
+        self.tree.deleted(key)
         if self.drop_folder:
             await trio.to_thread.run_sync(self.journal.remove_drop, key)
         if not self.remote.capabilities.delete:
