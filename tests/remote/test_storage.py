@@ -6,8 +6,10 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from stowfs import errors
 from stowfs.remote import connect
@@ -268,3 +270,23 @@ async def test_small_upload_is_confirmed_by_its_answer(
     assert file.metadata["seed"] == 3
     assert proxy.count("GET", "/files/storage/file/") == 0
     assert await client.read(file, 0, len(data)) == data
+
+
+async def test_range_reads_keep_their_connection(
+    client: HttpRemote, folder: str, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each range is read to its end, so its connection goes back to the pool: ten small
+    reads need no new connection."""
+    file = await client.upload(make_file(50_000), folder, "k.bin")
+    await client.read(file, 0, 10)  # a connection for the signed URL's host, kept
+    opened: list[object] = []
+    real = trio.open_tcp_stream
+
+    async def counted(*args: Any, **kwargs: Any) -> trio.SocketStream:
+        opened.append(args)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(trio, "open_tcp_stream", counted)
+    for offset in range(0, 50_000, 5_000):
+        assert len(await client.read(file, offset, 5_000)) == 5_000
+    assert opened == []

@@ -97,8 +97,10 @@ class Downloader:
                         pos += len(chunk)
                         failures, forced = 0, False
                         yield chunk
-                        if pos >= end:
-                            return
+                        if pos >= end and response.status_code != 206:
+                            return  # the whole object came: stop reading it
+                    # A range read to its end lets the connection be kept alive (one left
+                    # before its end is closed: a new connection per small read).
                     if pos < end:  # a clean end of body, but short: the object shrank
                         return
             except httpx.TransportError as exc:
