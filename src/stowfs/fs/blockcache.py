@@ -66,15 +66,20 @@ class BlockCache:
     def _path(self, vid: str, index: int) -> Path:
         return self.directory / vid[:2] / f"{vid}.{index}.blk"
 
+    def hot(self, vid: str, index: int) -> bytes | None:
+        """A block held in memory (recent, or on its way to disk), else None."""
+        key = (vid, index)
+        data = self._memory.get(key)
+        if data is not None:
+            self._memory.move_to_end(key)
+            return data
+        return self._writing.get(key)
+
     async def get(self, vid: str, index: int, start: int = 0, size: int = -1) -> Buffer | None:
         """Bytes [start, start+size) of a cached block (all of it by default); None if
         the block is not cached. A block in memory gives a view (no copy: replies to the
         kernel take any buffer); disk reads take only the slice asked for."""
-        hot = self._memory.get((vid, index))
-        if hot is not None:
-            self._memory.move_to_end((vid, index))
-        else:
-            hot = self._writing.get((vid, index))
+        hot = self.hot(vid, index)
         if hot is not None:
             view = memoryview(hot)
             return view[start:] if size < 0 else view[start : start + size]
