@@ -21,11 +21,13 @@ WHY: dict[str, str] = {
     "upload": "The client hashes the whole file (MD5, to check the stored object's checksum)"
     " beside sending the parts, on the 2 cores the CPU-bound reference server also needs;"
     " curl sends the same parts and checks nothing. Across this session's full runs the"
-    " ratio landed between 0.87 and 1.03.",
+    " ratio landed between 0.87 and 1.15.",
     "seq_read_cold": "The mount is on CPU for nearly all of the read: every byte of the GET is"
     " copied four times in Python's HTTP stack and the read path (into h11's receive"
     " buffer, out of it, into httpcore's `bytes`, and once more when chunks are joined into"
-    " a block) before pyfuse3 hands the kernel a view of the block; the pyfuse3 null fs"
+    " a block) before pyfuse3 hands the kernel a view of the block (or, for a read that"
+    " spans two blocks, a join of both: the kernel's 1 MiB reads are not block-aligned"
+    " after its first small ones, so most do); the pyfuse3 null fs"
     " above, which fetches nothing, reads at {null_read} MB/s. In the profile below,"
     " pyfuse3's replies (the kernel filling its page cache) and the HTTP receive lead. With"
     " the machine otherwise idle, probes read at 1.0–1.25 GB/s (a fresh mount, the same"
