@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import pytest
@@ -13,8 +16,9 @@ import trio.testing
 
 from stowfs.errors import AuthFailed, Forbidden, QuotaExceeded, RemoteError, TooLarge, Unavailable
 from stowfs.fs.names import disambiguated
+from stowfs.remote.base import RemoteFile, UploadCheckpoint
 from tests.fs.harness import CTX, FS, mounted_ops, setattr_
-from tests.fs.memremote import MemRemote
+from tests.fs.memremote import CAPS, MemRemote
 
 
 def fuse_errno(exc: pytest.ExceptionInfo[pyfuse3.FUSEError]) -> int:
@@ -437,3 +441,56 @@ async def test_a_listing_older_than_our_own_changes_does_not_undo_them(
     assert await fs.read_file("a") == b"version 2"
     fs.ops.tree.merge(root, set(), await remote.list_folder(""), trio.current_time())
     assert await fs.read_file("a") == b"version 2"
+
+
+class PartsRemote(MemRemote):
+    """MemRemote with multipart uploads of 16 KiB parts above 64 KiB; like a real one, a
+    multipart upload keeps the metadata it was begun with."""
+
+    def __init__(self) -> None:
+        super().__init__(dataclasses.replace(CAPS, multipart=True, single_upload_max=64 * 1024))
+        self.parts_sent: list[int] = []
+        self.begun: dict[str, Mapping[str, Any] | None] = {}
+
+    async def begin_upload(
+        self, folder: str, name: str, metadata: Mapping[str, Any] | None = None
+    ) -> UploadCheckpoint | None:
+        self._enter("begin_upload")
+        upload_id = f"u{len(self.begun)}"
+        self.begun[upload_id] = metadata
+        return UploadCheckpoint(upload_id, f"{folder}/{name}", 0, 16 * 1024, growing=True)
+
+    async def upload(
+        self,
+        source: Path,
+        folder: str,
+        name: str,
+        metadata: Mapping[str, Any] | None = None,
+        **kw: Any,
+    ) -> RemoteFile:
+        checkpoint = kw.get("checkpoint")
+        if checkpoint is not None:
+            metadata = self.begun[checkpoint.upload_id]
+        return await super().upload(source, folder, name, metadata)
+
+    async def upload_part(self, checkpoint: UploadCheckpoint, number: int, source: Path) -> None:
+        self._enter("upload_part")
+        checkpoint.parts[number] = f"etag{number}"
+        self.parts_sent.append(number)
+
+
+async def test_a_streamed_upload_whose_metadata_patch_fails_is_stored_once(
+    tmp_path: Path,
+) -> None:
+    remote = PartsRemote()
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        fh = await fs.open("big", os.O_WRONLY | os.O_CREAT)
+        for offset in range(0, 200 * 1024, 20 * 1024):
+            await fs.ops.write(fh, offset, os.urandom(20 * 1024))
+        with trio.fail_after(5):
+            while not remote.parts_sent:
+                await trio.sleep(0.01)  # parts go out while the file is open
+        remote.fail["patch_metadata"] = Unavailable("down a moment", status=503)
+        await fs.close(fh)  # the upload succeeds; only its mtime could not be set
+    assert [f.name for f in remote.files.values()] == ["big"]
+    assert remote.calls["patch_metadata"] == 1

@@ -175,7 +175,13 @@ class Uploader:
         # The stream was begun with the metadata of that moment (an older mtime, say).
         patch = {k: v for k, v in metadata.items() if new.metadata.get(k) != v}
         patch.update((k, None) for k in stream.metadata if k not in metadata)
-        return await self.remote.patch_metadata(new.key, patch) if patch else new
+        if not patch:
+            return new
+        try:
+            return await self.remote.patch_metadata(new.key, patch)
+        except StowfsError as exc:  # the bytes are stored: failing now would upload twice
+            log.warning("%s is uploaded, but its metadata could not be updated: %s", name, exc)
+            return new
 
     async def _swap(self, node: Node, new: RemoteFile) -> None:
         old = node.file
