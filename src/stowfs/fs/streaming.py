@@ -25,6 +25,7 @@ from .staging import Staged
 log = logging.getLogger(__name__)
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+Target = tuple[str, str, dict[str, Any]]  # folder, name, metadata
 PARALLEL = 4  # parts in flight per file while it is written
 
 
@@ -51,13 +52,15 @@ class Streamer:
         self.threshold = caps.single_upload_max if caps.multipart else None
         self._streams: dict[Staged, Stream] = {}
 
-    def wrote(self, staged: Staged, folder: str, name: str, metadata: dict[str, Any]) -> None:
-        """After a write: begin, feed or abandon the file's stream."""
+    def wrote(self, staged: Staged, target: Callable[[], Target]) -> None:
+        """After a write: begin, feed or abandon the file's stream. `target` (where the
+        file goes, with what metadata) is asked for only when a stream begins."""
         stream = self._streams.get(staged)
         if stream is None:
             if self.threshold is None or staged.digest is None or staged.size <= self.threshold:
                 return
-            stream = self._streams[staged] = Stream(folder, name, dict(metadata))
+            folder, name, metadata = target()
+            stream = self._streams[staged] = Stream(folder, name, metadata)
             self._start(staged, stream, partial(self._begin, stream))
         elif staged.digest is None or stream.broken:
             self.abandon(staged)

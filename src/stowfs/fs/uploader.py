@@ -64,8 +64,9 @@ class Uploader:
         """After a write: big files being appended to upload while they grow."""
         staged = node.staged
         if staged is not None:
-            folder, name = self.tree.location(node)
-            self.streamer.wrote(staged, folder, name, self.metadata_of(staged))
+            self.streamer.wrote(
+                staged, lambda: (*self.tree.location(node), self.metadata_of(staged))
+            )
 
     async def record(self, node: Node) -> None:
         """Journal a node's pending upload (or update where it goes)."""
