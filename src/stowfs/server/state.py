@@ -46,7 +46,9 @@ class ServerState:
         return file_ids
 
 
-def get_state(request: Request) -> ServerState:
+# Dependencies are coroutines: FastAPI runs a plain `def` one in a worker thread, a
+# thread hand-off per request for a few attribute reads.
+async def get_state(request: Request) -> ServerState:
     state = request.app.state.stowfs
     assert isinstance(state, ServerState)
     return state
@@ -76,7 +78,7 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_urls(request: Request, state: StateDep) -> Urls:
+async def get_urls(request: Request, state: StateDep) -> Urls:
     base = state.config.public_url or str(request.base_url).rstrip("/")
     return Urls(f"{base}/v1", state.signer)
 
@@ -93,7 +95,7 @@ def check_lifetime(value: int) -> int:
     return value
 
 
-def url_lifetime(url_expiration: int = Query(URL_EXPIRATION_DEFAULT)) -> int:
+async def url_lifetime(url_expiration: int = Query(URL_EXPIRATION_DEFAULT)) -> int:
     return check_lifetime(url_expiration)
 
 
