@@ -158,7 +158,8 @@ class Operations(pyfuse3.Operations):
             a.st_mode &= ~0o222
         a.st_uid, a.st_gid = opts.uid, opts.gid
         a.st_size = node.size
-        a.st_blksize = 128 * 1024
+        # cp and most tools size their buffers by it: 1 MiB requests, the block size.
+        a.st_blksize = 1024 * 1024
         a.st_blocks = (node.size + 511) // 512
         mtime_ns = int(node.mtime * 1e9)
         ctime = node.file.updated_at if node.file else node.mtime

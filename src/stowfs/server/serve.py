@@ -44,6 +44,8 @@ async def serve(
     hconfig = Config()
     hconfig.bind = [f"fd://{sock.fileno()}"]
     hconfig.accesslog = None
+    # Hypercorn's own stderr handler would print every line twice beside ours.
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
     hconfig.keep_alive_timeout = 75
     hconfig.h11_max_incomplete_size = 64 * 1024
     hconfig.graceful_timeout = 2
