@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -451,6 +452,7 @@ class PartsRemote(MemRemote):
         super().__init__(dataclasses.replace(CAPS, multipart=True, single_upload_max=64 * 1024))
         self.parts_sent: list[int] = []
         self.begun: dict[str, Mapping[str, Any] | None] = {}
+        self.completed_md5: list[str | None] = []
 
     async def begin_upload(
         self, folder: str, name: str, metadata: Mapping[str, Any] | None = None
@@ -471,6 +473,7 @@ class PartsRemote(MemRemote):
         checkpoint = kw.get("checkpoint")
         if checkpoint is not None:
             metadata = self.begun[checkpoint.upload_id]
+            self.completed_md5.append(checkpoint.md5)
         return await super().upload(source, folder, name, metadata)
 
     async def upload_part(self, checkpoint: UploadCheckpoint, number: int, source: Path) -> None:
@@ -494,3 +497,19 @@ async def test_a_streamed_upload_whose_metadata_patch_fails_is_stored_once(
         await fs.close(fh)  # the upload succeeds; only its mtime could not be set
     assert [f.name for f in remote.files.values()] == ["big"]
     assert remote.calls["patch_metadata"] == 1
+
+
+async def test_a_streamed_upload_completes_with_the_md5_of_every_byte_written(
+    tmp_path: Path,
+) -> None:
+    """The MD5 is computed beside the writes (not in them): at close it covers the whole
+    file, the bytes written after the last part included."""
+    remote = PartsRemote()
+    data = os.urandom(200 * 1024 + 123)
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        fh = await fs.open("big", os.O_WRONLY | os.O_CREAT)
+        for offset in range(0, len(data), 20 * 1024):
+            await fs.ops.write(fh, offset, data[offset : offset + 20 * 1024])
+        await fs.close(fh)
+    assert remote.parts_sent  # it did stream
+    assert remote.completed_md5 == [hashlib.md5(data).hexdigest()]

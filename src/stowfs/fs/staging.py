@@ -8,10 +8,16 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
+
+HASH_RUN = 16 * 1024 * 1024  # bytes hashed per worker-thread call
+HASH_READ = 4 * 1024 * 1024
+
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]  # start a task in the mount's nursery
 
 
 class Staged:
@@ -28,9 +34,13 @@ class Staged:
         self.journal_id: int | None = None
         self.uploading = False
         self.lock = trio.Lock()  # one upload at a time
-        # MD5 of bytes [0, size) while every write has appended at the end (as cp does);
-        # None after any other write or a truncate.
+        # While every write has appended at the end (as cp does): the MD5 of bytes
+        # [0, hashed), fed off the write path (`follow`). None after any other write or
+        # a truncate.
         self.digest: Any = hashlib.md5(usedforsecurity=False)
+        self.hashed = 0
+        self._hashing = trio.Lock()
+        self._following = False
 
     @classmethod
     def create(cls, directory: Path, metadata: dict[str, Any], mtime: float) -> Staged:
@@ -53,9 +63,37 @@ class Staged:
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         if offset != self.size:
             self.digest = None  # also a second append sent before the first landed
-        n = await trio.to_thread.run_sync(_pwrite, self.fd, data, offset, self.digest)
+        n = await trio.to_thread.run_sync(os.pwrite, self.fd, data, offset)
         self.size = max(self.size, offset + n)
         return n
+
+    def follow(self, spawn: Spawn) -> None:
+        """Hash what was appended in a background task, beside the writes: hashing in
+        the write itself would make every write wait for it."""
+        if not self._following and self.digest is not None and self.hashed < self.size:
+            self._following = True
+
+            async def run() -> None:
+                try:
+                    await self.md5()
+                finally:
+                    self._following = False
+
+            spawn(run)
+
+    async def md5(self) -> str | None:
+        """The MD5 of the whole file while it was only appended to, else None."""
+        async with self._hashing:
+            while (digest := self.digest) is not None and self.hashed < self.size:
+                start, end = self.hashed, min(self.size, self.hashed + HASH_RUN)
+                try:
+                    await trio.to_thread.run_sync(_hash_range, self.path, digest, start, end)
+                except OSError:
+                    self.digest = None  # unreadable: the stream is abandoned, not trusted
+                    break
+                if self.digest is digest:
+                    self.hashed = end
+            return None if self.digest is None else self.digest.hexdigest()
 
     async def read(self, offset: int, size: int) -> bytes:
         return await trio.to_thread.run_sync(os.pread, self.fd, size, offset)
@@ -74,11 +112,17 @@ class Staged:
         self.path.unlink(missing_ok=True)
 
 
-def _pwrite(fd: int, data: bytes | memoryview, offset: int, digest: Any) -> int:
-    n = os.pwrite(fd, data, offset)
-    if digest is not None:
-        digest.update(data[:n])
-    return n
+def _hash_range(path: Path, digest: Any, start: int, end: int) -> None:
+    # Its own descriptor: the staged file's may be closed meanwhile (discarded).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while start < end and (data := os.pread(fd, min(end - start, HASH_READ), start)):
+            digest.update(data)
+            start += len(data)
+    finally:
+        os.close(fd)
+    if start < end:
+        raise OSError(f"{path} is shorter than {end} bytes")
 
 
 def sweep(directory: Path, keep: set[str]) -> int:

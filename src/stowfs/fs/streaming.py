@@ -2,10 +2,11 @@
 
 Once a file that has only been appended to grows past what one request uploads, a
 multipart upload begins and each part goes out as soon as the file holds it whole; the
-close-time upload then sends only the last parts (the file's MD5 was computed as it was
-written, so nothing is read twice). Any other write, a truncate, a rename or a failed
-part abandons the stream: the close-time upload then sends the whole file, as for any
-other file. The stream is a head start, never the only copy of anything.
+close-time upload then sends only the last parts (the file's MD5 is computed beside the
+writes, from the page cache, so close does not wait for a whole pass). Any other write,
+a truncate, a rename or a failed part abandons the stream: the close-time upload then
+sends the whole file, as for any other file. The stream is a head start, never the only
+copy of anything.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import trio
 
 from ..errors import StowfsError
 from ..remote.base import Remote, UploadCheckpoint
-from .staging import Staged
+from .staging import Spawn, Staged
 
 log = logging.getLogger(__name__)
 
-Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 Target = tuple[str, str, dict[str, Any]]  # folder, name, metadata
 PARALLEL = 4  # parts in flight per file while it is written
 
@@ -64,8 +64,10 @@ class Streamer:
             self._start(staged, stream, partial(self._begin, stream))
         elif staged.digest is None or stream.broken:
             self.abandon(staged)
+            return
         else:
             self._pump(staged, stream)
+        staged.follow(self.spawn)  # the close-time complete needs the whole file's MD5
 
     async def finish(self, staged: Staged, folder: str, name: str) -> Stream | None:
         """Before the close-time upload: the stream to complete (its checkpoint carries
@@ -78,10 +80,11 @@ class Streamer:
             return None  # abandoned while waiting
         cp = stream.checkpoint
         moved = (folder, name) != (stream.folder, stream.name)
-        if cp is None or stream.broken or staged.digest is None or moved:
+        md5 = await staged.md5()
+        if cp is None or stream.broken or md5 is None or moved:
             await self._abort(stream)  # here: finish also runs at unmount, past the nursery
             return None
-        cp.md5 = staged.digest.hexdigest()
+        cp.md5 = md5
         return stream
 
     def abandon(self, staged: Staged) -> None:

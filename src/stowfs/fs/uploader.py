@@ -20,8 +20,8 @@ from ..errors import InvalidRequest, NotFound, StowfsError, TooLarge, Unsupporte
 from ..remote.base import Remote, RemoteFile
 from . import staging
 from .journal import Entry, Journal
-from .staging import Staged
-from .streaming import Spawn, Streamer
+from .staging import Spawn, Staged
+from .streaming import Streamer
 from .tree import Node, Tree
 
 log = logging.getLogger(__name__)
