@@ -34,6 +34,7 @@ log = logging.getLogger("stowfs.mount")
 SIZES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # mount(8)-style -o options passed through to the kernel as they are
 FUSE_PASSTHROUGH = {"noatime", "nodev", "nosuid", "noexec", "default_permissions"}
+OTHER_XATTRS = ("enodata", "enotsup")
 READY = "ready"
 
 
@@ -78,6 +79,13 @@ class Settings:
     gid: int = os.getgid()
     umask: int = 0o022
     retry_time: float = 30.0  # a request's retry budget: how long a FUSE call may wait
+    other_xattrs: str = "enodata"
+
+
+def _choice(item: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise click.BadParameter(f"mount option {item!r}: expected one of {', '.join(choices)}")
+    return value
 
 
 def apply_o(settings: Settings, text: str) -> tuple[Settings, set[str]]:
@@ -104,6 +112,8 @@ def apply_o(settings: Settings, text: str) -> tuple[Settings, set[str]]:
                 changes["cache_dir"] = Path(value)
             elif name == "cache_max_size":
                 changes["cache_max_size"] = parse_size(value)
+            elif name == "other_xattrs":
+                changes["other_xattrs"] = _choice(item, value, OTHER_XATTRS)
             elif name in FUSE_PASSTHROUGH:
                 extra.add(name)
             else:
@@ -188,6 +198,7 @@ def run_foreground(
             uid=settings.uid,
             gid=settings.gid,
             umask=settings.umask,
+            other_xattrs=settings.other_xattrs,
         )
         with cache_lock(cache_dir), _remote_endpoint(source) as (url, key, dialect):
 
@@ -319,6 +330,13 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
 @click.option("--uid", type=int, default=None)
 @click.option("--gid", type=int, default=None)
 @click.option("--umask", default=None, help="Octal, e.g. 022.")
+@click.option(
+    "--other-xattrs",
+    type=click.Choice(OTHER_XATTRS),
+    default=None,
+    help="Answer for security.*, system.*, trusted.*: no such attribute (default) or"
+    " not supported (ls -l then asks once per mount, not twice per file).",
+)
 @click.option("-o", "mount_options", multiple=True, help="mount(8)-style options, a,b=c.")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 @friendly
@@ -338,6 +356,7 @@ def mount(
     uid: int | None,
     gid: int | None,
     umask: str | None,
+    other_xattrs: str | None,
     mount_options: tuple[str, ...],
     ready_fd: int | None,
 ) -> None:
@@ -370,6 +389,7 @@ def mount(
         "uid": uid,
         "gid": gid,
         "umask": int(umask, 8) if umask else None,
+        "other_xattrs": other_xattrs,
     }
     settings = replace(settings, **{k: v for k, v in given.items() if v is not None})
 

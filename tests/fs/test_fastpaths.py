@@ -89,6 +89,24 @@ async def test_foreign_xattr_namespaces_answer_enodata_at_once(fs: FS, remote: M
     assert sum(remote.calls.values()) == before
 
 
+async def test_other_namespaces_can_answer_not_supported(tmp_path: Path) -> None:
+    remote = MemRemote()
+    remote.put("", "f", b"1")
+    async with mounted_ops(remote, tmp_path / "cache", other_xattrs="enotsup") as fs:
+        inode = await fs.resolve("f")
+        for call in (
+            lambda: fs.ops.getxattr(inode, b"security.selinux", CTX),
+            lambda: fs.ops.getxattr(inode, b"system.posix_acl_access", CTX),
+            lambda: fs.ops.removexattr(inode, b"trusted.x", CTX),
+        ):
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await call()
+            assert exc.value.errno == errno.ENOTSUP
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await fs.ops.getxattr(inode, b"user.nope", CTX)
+        assert exc.value.errno == errno.ENODATA
+
+
 async def test_a_read_across_blocks_is_exact(fs: FS, remote: MemRemote) -> None:
     bs = 64 * 1024
     data = os.urandom(bs * 4 + 123)

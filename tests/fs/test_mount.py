@@ -315,13 +315,24 @@ def test_mount_options(live_server: LiveServer, tmp_path: Path) -> None:
 
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
     upload(m, "", "f.txt", b"data", {})
-    m.start("-o", "ro,uid=1234,gid=4321", "--umask", "077")
+    m.start("-o", "ro,uid=1234,gid=4321,other_xattrs=enotsup", "--umask", "077")
     try:
         assert sh("stat", "-c", "%u %g %a", m.path / "f.txt").split() == ["1234", "4321", "400"]
         assert (m.path / "f.txt").read_bytes() == b"data"
         assert "Read-only file system" in fails("touch", m.path / "new")
+        # Other namespaces are "not supported" (GNU ls then stops asking); user.* as ever.
+        assert "Operation not supported" in fails(
+            "getfattr", "-n", "security.selinux", m.path / "f.txt"
+        )
+        assert "No such attribute" in fails("getfattr", "-n", "user.nope", m.path / "f.txt")
+        assert "f.txt" in sh("ls", "-l", m.path)
     finally:
         m.unmount()
+    bad = subprocess.run(
+        [*m.command("-o", "other_xattrs=maybe")], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode != 0
+    assert "expected one of enodata, enotsup" in bad.stderr
 
 
 def test_named_remote_and_folder(live_server: LiveServer, tmp_path: Path) -> None:

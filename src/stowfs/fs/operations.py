@@ -84,6 +84,7 @@ class Operations(pyfuse3.Operations):
         self.remote = remote
         self.caps = remote.capabilities
         self.options = options
+        self._other_xattrs = errno.ENOTSUP if options.other_xattrs == "enotsup" else pyfuse3.ENOATTR
         self.tree = Tree(
             remote,
             options.folder,
@@ -630,9 +631,10 @@ class Operations(pyfuse3.Operations):
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        # `ls -l` asks for security.selinux of every entry: the least work per call.
+        # `ls -l` asks for security.selinux and the ACL of every entry: the least work
+        # per call. GNU ls stops asking a device that answered "not supported".
         if not name.startswith(_USER):
-            raise FUSEError(pyfuse3.ENOATTR)
+            raise FUSEError(self._other_xattrs)
         return await self._user_xattr(inode, name.decode("utf-8", "replace"))
 
     @handler
@@ -703,7 +705,9 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         node = self.tree.get(inode)
         text = name.decode("utf-8", "replace")
-        if node.is_dir or not text.startswith(xattrs.USER):
+        if not text.startswith(xattrs.USER):
+            raise FUSEError(self._other_xattrs)
+        if node.is_dir:
             raise FUSEError(pyfuse3.ENOATTR)
         if text.startswith(xattrs.FACTS):
             raise FUSEError(errno.EPERM)

@@ -22,3 +22,6 @@ class MountOptions:
     umask: int = 0o022
     block_size: int = 1 * MiB
     read_ahead: int = 64  # blocks, the largest read-ahead window
+    # Other namespaces than user.*: "enodata" (no such attribute, design.md) or
+    # "enotsup" (not supported, as a local filesystem without ACLs or labels answers).
+    other_xattrs: str = "enodata"
