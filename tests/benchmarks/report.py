@@ -20,18 +20,21 @@ ON_PAR = 0.95  # a ratio this close to 1 is within the noise of a shared machine
 WHY: dict[str, str] = {
     "upload": "The client hashes the whole file (MD5, to check the stored object's checksum)"
     " beside sending the parts, on the 2 cores the CPU-bound reference server also needs;"
-    " curl sends the same parts and checks nothing. Across this session's full runs the"
-    " ratio landed between 0.87 and 1.15.",
+    " curl sends the same parts and checks nothing. Across the full runs so far the"
+    " ratio landed between 0.83 and 1.15.",
     "seq_read_cold": "The mount is on CPU for nearly all of the read: every byte of the GET is"
-    " copied four times in Python's HTTP stack and the read path (into h11's receive"
-    " buffer, out of it, into httpcore's `bytes`, and once more when chunks are joined into"
-    " a block) before pyfuse3 hands the kernel a view of the block (or, for a read that"
+    " copied five times in Python's HTTP stack and the read path (into h11's receive"
+    " buffer, twice out of it: h11 slices the buffer once to see whether it is empty and"
+    " again to extract it, into httpcore's `bytes`, and once more when chunks are joined"
+    " into a block) before pyfuse3 hands the kernel a view of the block (or, for a read that"
     " spans two blocks, a join of both: the kernel's 1 MiB reads are not block-aligned"
     " after its first small ones, so most do); the pyfuse3 null fs"
     " above, which fetches nothing, reads at {null_read} MB/s. In the profile below,"
     " pyfuse3's replies (the kernel filling its page cache) and the HTTP receive lead. With"
-    " the machine otherwise idle, probes read at 1.0–1.25 GB/s (a fresh mount, the same"
-    " file). rclone with `--vfs-cache-mode off` streams the GET to the kernel from Go.",
+    " the machine otherwise idle, probes read at 0.9–1.2 GB/s (a fresh mount, the same"
+    " file; the block cache's disk writes cost nothing measurable: the same with a cache"
+    " too small to keep the file). rclone with `--vfs-cache-mode off` streams the GET to"
+    " the kernel from Go.",
     "ttfb": "On a fresh mount the first read lists the folders on its path and then waits"
     " for a whole 1 MiB block (the block cache's unit, and the kernel's read size), where"
     " rclone returns its first buffer of the stream.",
@@ -46,26 +49,34 @@ WHY: dict[str, str] = {
     " pyfuse3 + trio filesystem here. rclone mount has no extended attributes: its first"
     " getxattr answers ENOSYS, after which the kernel stops asking (strace shows no"
     " per-file getxattr under rclone); stowfs keeps xattrs, its point. Cold, listing the"
-    " folder comes on top (10 pages of 1,000 records from the server, decoded in Python).",
+    " folder comes on top (10 pages of 1,000 records, ~25 ms each for the server to build;"
+    " asking for them in parallel was slower: the server builds one at a time). GNU ls"
+    ' stops asking a device whose answer is "not supported": with `--other-xattrs'
+    " enotsup` (opt-in; design.md asks for ENODATA) probes took 0.70–0.76 s cold and"
+    " 0.11–0.15 s warm for the same folder.",
     "ls_warm": "The same two getxattr round trips per entry as cold: the kernel keeps the"
     " entries and attributes for `--dir-cache-time`, but no xattr answer; the pyfuse3 null"
-    " fs takes {null_ls} s for the same `ls -l`. rclone's kernel asks none after its ENOSYS.",
+    " fs takes {null_ls} s for the same `ls -l`. rclone's kernel asks none after its ENOSYS."
+    " With `--other-xattrs enotsup` ls asks once per mount: 0.11–0.15 s in probes.",
     "stat_many": "One LOOKUP per file on a fresh mount, each a round trip into Python (pyfuse3"
     " and trio), after the folder's listing is fetched and decoded in Python.",
     "cp_in": "The upload is bounded by the reference server: Python receives every byte and"
     " hashes it twice (each part's MD5 for its ETag, the whole object's at complete, both"
     " required by the protocol), on the core the mount and cp leave; rclone serve writes"
     " the stream to disk in Go and hashes nothing. The mount streams the parts while cp"
-    " writes and hashes the file as it is written, so close only waits for the last parts"
+    " writes and hashes the file beside the writes, so close only waits for the last parts"
     " and the complete.",
     "small_in": "Uploads happen on close, one file at a time: two HTTP requests per file"
     " (the upload URL, then the POST, whose answer is the stored record) to the Python"
-    " reference server (FastAPI on hypercorn, ~0.8 ms for a request that does nothing, a"
-    " small POST ~4 ms). The server is the limit: stowfs's own client, with no mount and 8"
-    " uploads in parallel, reaches ~200 uploads/s against it. rclone's `--vfs-write-back"
-    " 0s` returns from close at once and PUTs to `rclone serve`, which answers in Go.",
+    " reference server (FastAPI on hypercorn: ~1.9 ms for the upload URL, ~3.7 ms for the"
+    " POST, ~1.3 ms for a GET of usage, one at a time). The server is the limit: stowfs's"
+    " own client, with no mount and 8 uploads in parallel, reaches ~170 uploads/s against"
+    " it (each upload is two write transactions, and one SQLite writer runs them in turn:"
+    " ~2.2 ms each under load); the mount with `--write-back 0` reaches ~135 files/s."
+    " rclone's `--vfs-write-back 0s` returns from close at once and PUTs to `rclone"
+    " serve`, which answers in Go.",
     "small_out": "Each file read on a fresh mount is one signed-URL GET issued and awaited"
-    " from Python, one file at a time; the reference server's floor is ~0.8 ms a request,"
+    " from Python, one file at a time; the reference server's floor is ~1.3 ms a request,"
     " against Go on both sides for rclone.",
     "rss_mount": "Most likely the sequential read: its read-ahead window grows to 64 blocks"
     " of 1 MiB in flight, and the last 80 blocks stay in memory, on top of the Python"
