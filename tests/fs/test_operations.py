@@ -291,13 +291,18 @@ async def test_lookup_counts_and_forget(fs: FS, remote: MemRemote) -> None:
     assert inode not in fs.ops.tree.nodes
 
 
-async def test_random_read_fetches_only_its_blocks(fs: FS, remote: MemRemote) -> None:
-    data = os.urandom(64 * 1024 * 20)
+async def test_random_read_fetches_only_its_bytes_then_its_block(fs: FS, remote: MemRemote) -> None:
+    bs = 64 * 1024
+    data = os.urandom(bs * 20)
     remote.put("", "big", data)
     fh = await fs.open("big")
-    assert await fs.ops.read(fh, 64 * 1024 * 7 + 5, 100) == data[64 * 1024 * 7 + 5 :][:100]
+    assert await fs.ops.read(fh, bs * 7 + 5, 100) == data[bs * 7 + 5 :][:100]
+    assert remote.served == 100  # the bytes asked for, not the block or the file
+    assert await fs.ops.read(fh, bs * 7 + 500, 100) == data[bs * 7 + 500 :][:100]
+    assert remote.served == 100 + bs  # a second miss there: the whole block
+    assert await fs.ops.read(fh, bs * 7 + 1000, 100) == data[bs * 7 + 1000 :][:100]
     await fs.ops.release(fh)
-    assert remote.served == 64 * 1024  # one block, not the file
+    assert remote.served == 100 + bs  # then it is cached
 
 
 async def test_sequential_reads_prefetch_and_cache(fs: FS, remote: MemRemote) -> None:

@@ -1,5 +1,6 @@
-"""The read path: block-aligned ranged reads through the block cache. Random reads
-fetch only the blocks they touch. While reads stay sequential, a read-ahead window
+"""The read path: block-aligned ranged reads through the block cache. A random read
+that misses a block fetches only the bytes it asks for, the next miss there the whole
+block. While reads stay sequential, a read-ahead window
 (in blocks) doubles, and one background task per open file streams the window's
 blocks with a single ranged GET per run (one long stream beats many parallel short
 ones: both ends are Python). URL renewal is the Remote's business (it renews before
@@ -31,6 +32,7 @@ class ReadState:
     ahead_to: int = 0  # first block the read-ahead has not asked for yet
     streamer: trio.CancelScope | None = None
     moved: trio.Event = field(default_factory=trio.Event)  # the reader advanced
+    sampled: set[int] = field(default_factory=set)  # blocks read in part by a random read
 
     def stop(self) -> None:
         if self.streamer is not None:
@@ -63,10 +65,15 @@ class Reader:
         first, last = offset // bs, (end - 1) // bs
         # Judged on arrival: the kernel sends a file's reads in order but several at
         # once, and they finish in any order.
+        jumped = offset != seq.next_offset
         self._read_ahead(file, offset, end, last, seq)
         if first == last:  # the common case: a kernel read inside one block
-            data = await self.cache.get(version_id(file), first, offset - first * bs, end - offset)
+            vid = version_id(file)
+            data = await self.cache.get(vid, first, offset - first * bs, end - offset)
             if data is None:
+                if jumped and self._sample(seq, vid, first):
+                    async with self._limiter:
+                        return await self.remote.read(file, offset, end - offset)
                 block = memoryview(await self.block(file, first))
                 data = block[offset - first * bs : end - first * bs]
             return data
@@ -89,6 +96,14 @@ class Reader:
         head = memoryview(blocks[first])[offset - first * bs :]  # views: one copy, the join
         tail = memoryview(blocks[last])[: end - last * bs]
         return b"".join([head, *(blocks[i] for i in range(first + 1, last)), tail])
+
+    def _sample(self, seq: ReadState, vid: str, index: int) -> bool:
+        """A random read's first miss in a block fetches only the bytes asked for (a
+        whole block is 256 times a 4 KiB page); a second miss there fetches the block."""
+        if index in seq.sampled or (vid, index) in self._inflight:
+            return False
+        seq.sampled.add(index)
+        return True
 
     def _read_ahead(
         self, file: RemoteFile, offset: int, end: int, last: int, seq: ReadState
