@@ -32,6 +32,7 @@ from tests.benchmarks.bench_server import NGINX, bench_search, bench_upload_urls
 from tests.benchmarks.limits import Record, disk, null_fs, transfers
 from tests.benchmarks.peers import (
     RCLONE,
+    STOWFS_OPT_IN,
     FsTarget,
     RcloneTarget,
     StowfsTarget,
@@ -99,6 +100,9 @@ def run_all(
         StowfsTarget(work / "stowfs", server.base_url, stage.keys["fs"]),
         RcloneTarget(work / "rclone", webdav_url, stage.peer),
     ]
+    opt_in = StowfsTarget(
+        work / "stowfs-opt-in", server.base_url, stage.keys["fs"], report.OPT_IN, STOWFS_OPT_IN
+    )
     for r in range(plan.runs):
         log(f"round {r + 1}/{plan.runs}: limits and server")
         limits = partial(limits_round, stage, server, nginx_url, work, partial(results.add, r))
@@ -108,6 +112,10 @@ def run_all(
             rec = fs_recorder(results, r, target.name)
             fs = partial(workloads.run_target, target, stage.layout, rec, r)
             guarded(results, f"round {r + 1}, {target.name}", fs)
+        log(f"round {r + 1}/{plan.runs}: {opt_in.name}")
+        rec = fs_recorder(results, r, opt_in.name)
+        fs = partial(workloads.run_opt_in, opt_in, stage.layout, rec)
+        guarded(results, f"round {r + 1}, {opt_in.name}", fs)
 
     pids = {
         "reference server": [server.proc.pid],

@@ -25,6 +25,8 @@ STOP_TIMEOUT = 120.0
 # The stowfs mount: a block cache that holds the 1 GiB file (for warm reads), listings
 # kept as long as rclone's default, retries as patient as a user's.
 STOWFS_ARGS = ("--dir-cache-time", "300", "--cache-max-size", "2G", "--retry-time", "30")
+# The opt-in modes, measured on the workloads they change (ls -l; small files in).
+STOWFS_OPT_IN = ("--other-xattrs", "enotsup", "--write-back", "0")
 RCLONE_ARGS = ("--webdav-vendor", "rclone", "--webdav-pacer-min-sleep", "0")
 
 
@@ -97,17 +99,19 @@ class FsTarget(Protocol):
 
 
 class StowfsTarget:
-    name = "stowfs"
-
-    def __init__(self, work: Path, base_url: str, key: str) -> None:
+    def __init__(
+        self, work: Path, base_url: str, key: str, name: str = "stowfs", extra: tuple[str, ...] = ()
+    ) -> None:
         work.mkdir()
+        self.name = name
+        self.extra = extra
         self.fs = new_mount(work, base_url, key)
 
     @contextmanager
     def mount(self, phase: str, write: bool = False) -> Iterator[Mounted]:
-        # Uploads happen on close in both modes: cp returns once the server has the file.
+        # Uploads happen on close in both modes (unless `extra` says otherwise).
         shutil.rmtree(self.fs.cache, ignore_errors=True)
-        self.fs.start(*STOWFS_ARGS)
+        self.fs.start(*STOWFS_ARGS, *self.extra)
         try:
             assert self.fs.proc is not None
             yield Mounted(self.fs.path, self.fs.proc.pid)

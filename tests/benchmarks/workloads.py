@@ -121,12 +121,7 @@ def run_target(target: FsTarget, layout: Layout, record: Record, seed: int) -> N
     with fresh(target, "stat") as m:
         record("stat_many", stat_all(m.path / layout.many, layout.many_names))
         peak = max(peak, peak_rss_mb(m.pid))
-    with fresh(target, "ls -l") as m:
-        record("ls_cold", timed_run("ls", "-l", m.path / layout.many))
-        record("ls_warm", timed_run("ls", "-l", m.path / layout.many))
-        peak = max(peak, peak_rss_mb(m.pid))
-    small = {p.name: p.stat().st_size for p in layout.source_small.iterdir()}
-    small_folder = f"in/{layout.source_small.name}"
+    peak = max(peak, ls_phase(target, layout, record))
     with fresh(target, "cp big file in", write=True) as m:
         (m.path / "in").mkdir()
         reset_peak_rss(m.pid)
@@ -135,17 +130,48 @@ def run_target(target: FsTarget, layout: Layout, record: Record, seed: int) -> N
         record("cp_in", layout.big_size / seconds / 1e6)
         record("rss_cp", peak_rss_mb(m.pid))
         peak = max(peak, peak_rss_mb(m.pid))
-    with fresh(target, "small files in", write=True) as m:
-        seconds = copy_in(
-            layout.source_small, m.path / "in", lambda: target.stored(small_folder) == small
-        )
-        record("small_in", len(small) / seconds)
-        peak = max(peak, peak_rss_mb(m.pid))
+    peak = max(peak, small_in_phase(target, layout, record))
     with fresh(target, "small files out") as m:
         count, seconds = read_all(m.path / "in" / layout.source_small.name)
-        assert count == len(small), count
+        assert count == len(small_sources(layout)), count
         record("small_out", count / seconds)
         peak = max(peak, peak_rss_mb(m.pid))
     record("rss_mount", peak)
+    clean_up(target)
+
+
+def run_opt_in(target: FsTarget, layout: Layout, record: Record) -> None:
+    """The workloads stowfs's opt-in modes change, on fresh mounts of `target`."""
+    ls_phase(target, layout, record)
+    small_in_phase(target, layout, record)
+    clean_up(target)
+
+
+def ls_phase(target: FsTarget, layout: Layout, record: Record) -> float:
+    """`ls -l` of the folder of many files, cold then warm; the mount's peak RSS."""
+    with fresh(target, "ls -l") as m:
+        record("ls_cold", timed_run("ls", "-l", m.path / layout.many))
+        record("ls_warm", timed_run("ls", "-l", m.path / layout.many))
+        return peak_rss_mb(m.pid)
+
+
+def small_sources(layout: Layout) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in layout.source_small.iterdir()}
+
+
+def small_in_phase(target: FsTarget, layout: Layout, record: Record) -> float:
+    """cp -r of the small files into in/, until the server holds them; the peak RSS."""
+    small = small_sources(layout)
+    folder = f"in/{layout.source_small.name}"
+    with fresh(target, "small files in", write=True) as m:
+        (m.path / "in").mkdir(exist_ok=True)
+        seconds = copy_in(
+            layout.source_small, m.path / "in", lambda: target.stored(folder) == small
+        )
+        record("small_in", len(small) / seconds)
+        return peak_rss_mb(m.pid)
+
+
+def clean_up(target: FsTarget) -> None:
     with fresh(target, CLEAN_UP) as m:  # the next round starts from the same state
         shutil.rmtree(m.path / "in")
