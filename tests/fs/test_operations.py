@@ -382,6 +382,50 @@ async def test_write_back_uploads_in_background(
         assert [f.name for f in remote.files.values()] == ["a"]
 
 
+async def test_write_back_uploads_each_file_when_due(
+    remote: MemRemote, tmp_path: Path, autojump_clock: object
+) -> None:
+    async with mounted_ops(remote, tmp_path / "c", write_back=5.0) as fs:
+        for i in range(200):
+            await fs.write_file(f"early{i}", b"x")
+        await trio.sleep(3)
+        await fs.write_file("late", b"y")
+        await trio.sleep(2.5)  # the early ones are due, "late" is not
+        names = {f.name for f in remote.files.values()}
+        assert names == {f"early{i}" for i in range(200)}
+        await trio.sleep(3)
+        assert "late" in {f.name for f in remote.files.values()}
+
+
+async def test_write_back_retries_and_catches_a_rewrite_made_while_uploading(
+    remote: MemRemote, tmp_path: Path, autojump_clock: object
+) -> None:
+    entered, gate = trio.Event(), trio.Event()
+    upload = remote.upload
+
+    async def slow_upload(*args: object, **kw: object) -> object:
+        entered.set()
+        await gate.wait()
+        return await upload(*args, **kw)  # type: ignore[arg-type]
+
+    async with mounted_ops(remote, tmp_path / "c", write_back=1.0) as fs:
+        await fs.listdir()
+        remote.down = True
+        await fs.write_file("a", b"v1")
+        await trio.sleep(1.5)  # due: the upload fails and is retried later
+        assert remote.calls["upload"] == 1
+        assert not remote.files
+        remote.down = False
+        remote.upload = slow_upload  # type: ignore[method-assign]
+        with trio.fail_after(60):
+            await entered.wait()  # the retry is in flight
+        await fs.write_file("a", b"v2")  # scheduled again while it uploads
+        gate.set()
+        await trio.sleep(5)
+        [f] = remote.by_path("a")
+        assert remote.blobs[f.key] == b"v2"
+
+
 async def test_change_feed_invalidates(fs: FS, remote: MemRemote, autojump_clock: object) -> None:
     from stowfs.fs.watcher import follow_changes
 

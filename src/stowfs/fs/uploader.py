@@ -10,6 +10,8 @@ succeeded (upload the new object, then delete the old key).
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -50,6 +52,10 @@ class Uploader:
         self.streamer = Streamer(remote, spawn)
         self.drop_folder = not remote.capabilities.list
         self._due: dict[Node, float] = {}  # nodes waiting for the background uploader
+        # (due, order, node) for every schedule: the next due without a scan of all.
+        # Entries that no longer match `_due` are skipped when they come up.
+        self._heap: list[tuple[float, int, Node]] = []
+        self._order = itertools.count()
         self._backoff: dict[Node, float] = {}
         self._orphans: list[Entry] = []  # journal rows of an earlier mount
         self._active: set[Node] = set()  # uploading in the background now
@@ -104,7 +110,8 @@ class Uploader:
             raise
 
     def schedule(self, node: Node, delay: float) -> None:
-        self._due[node] = trio.current_time() + delay
+        self._due[node] = due = trio.current_time() + delay
+        heapq.heappush(self._heap, (due, next(self._order), node))
         self._wake.set()
 
     async def reject(self, node: Node) -> None:
@@ -231,14 +238,14 @@ class Uploader:
                     ok = await self._resume_orphans()
                     orphan_delay = 0.0 if ok else min(max(orphan_delay * 2, 1.0), MAX_BACKOFF)
                     orphans_due = now + orphan_delay
-                waiting = {n: due for n, due in self._due.items() if n not in self._active}
-                for node, due in waiting.items():
-                    if due <= now:
-                        del self._due[node]
-                        self._active.add(node)
-                        nursery.start_soon(self._background, node)
-                later = [due for n, due in self._due.items() if n not in self._active]
-                wait = min(later, default=math.inf) - trio.current_time()
+                while self._heap and self._heap[0][0] <= now:
+                    due, _, node = heapq.heappop(self._heap)
+                    if self._due.get(node) != due or node in self._active:
+                        continue  # stale, or uploading now: it comes back when that ends
+                    del self._due[node]
+                    self._active.add(node)
+                    nursery.start_soon(self._background, node)
+                wait = (self._heap[0][0] if self._heap else math.inf) - trio.current_time()
                 if self._orphans:
                     wait = min(wait, orphans_due - trio.current_time())
                 self._wake = trio.Event()
@@ -258,6 +265,8 @@ class Uploader:
             self._due[node] = trio.current_time() + delay
         finally:
             self._active.discard(node)
+            if node in self._due:  # a retry, or scheduled again while it was uploading
+                heapq.heappush(self._heap, (self._due[node], next(self._order), node))
             self._wake.set()
 
     async def _resume_orphans(self) -> bool:
