@@ -18,12 +18,17 @@ from tests.livesrv import stop_process, stowfs_cmd
 START_TIMEOUT = 30.0
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, max_pause: float = 0.02
+) -> None:
+    """Poll `predicate` until it holds; the pauses grow from 10 ms to `max_pause`."""
     deadline = time.monotonic() + timeout
+    pause = 0.01
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(pause * 1.5, max_pause)
 
 
 @dataclass
