@@ -32,17 +32,18 @@ WHY: dict[str, str] = {
     " after its first small ones, so most do); the pyfuse3 null fs"
     " above, which fetches nothing, reads at {null_read} MB/s. In the profile below,"
     " pyfuse3's replies (the kernel filling its page cache) and the HTTP receive lead. With"
-    " the machine otherwise idle, probes read at 0.9–1.2 GB/s (a fresh mount, the same"
-    " file; the block cache's disk writes cost nothing measurable: the same with a cache"
-    " too small to keep the file). rclone with `--vfs-cache-mode off` streams the GET to"
+    " the machine otherwise idle, probes read at 0.6–1.25 GB/s (a fresh mount, the same"
+    " file), also with the page cache filling the memory, after 3 GiB of files written"
+    " and deleted, or after the server's own benchmarks: why full runs read slower than"
+    " probes is not found yet. rclone with `--vfs-cache-mode off` streams the GET to"
     " the kernel from Go.",
     "ttfb": "On a fresh mount the first read lists the folders on its path and then waits"
     " for a whole 1 MiB block (the block cache's unit, and the kernel's read size), where"
     " rclone returns its first buffer of the stream.",
-    "random_4k": "Each miss fetches a whole 1 MiB block, 256 times the 4 KiB asked for"
-    " (cheap for the next reads nearby, costly for scattered ones), one signed GET of the"
-    " Python server each, and keeps it in the on-disk cache; rclone opens a ranged GET at"
-    " the offset.",
+    "random_4k": "A random read's first miss in a block fetches only the bytes asked for, a"
+    " second miss there the whole 1 MiB block (kept in the on-disk cache): one signed GET"
+    " of the Python server each, issued and awaited from Python; rclone opens a ranged GET"
+    " at the offset from Go.",
     "ls_cold": "`ls -l` asks every entry for two extended attributes (`security.selinux`,"
     " `system.posix_acl_access`) and the kernel caches no xattr answer for FUSE: two round"
     " trips into Python per file. The pyfuse3 null fs above, which answers them at once,"
@@ -73,9 +74,9 @@ WHY: dict[str, str] = {
     " POST, ~1.3 ms for a GET of usage, one at a time). The server is the limit: stowfs's"
     " own client, with no mount and 8 uploads in parallel, reaches ~170 uploads/s against"
     " it (each upload is two write transactions, and one SQLite writer runs them in turn:"
-    " ~2.2 ms each under load); the mount with `--write-back 0` reaches ~135 files/s."
-    " rclone's `--vfs-write-back 0s` returns from close at once and PUTs to `rclone"
-    " serve`, which answers in Go.",
+    " ~2.2 ms each under load). With `--write-back 0` (the opt-in column) close returns at"
+    " once and 8 uploads run at a time, as rclone's `--vfs-write-back 0s` does: the same"
+    " server limit. rclone PUTs to `rclone serve`, which answers in Go.",
     "small_out": "Each file read on a fresh mount is one signed-URL GET issued and awaited"
     " from Python, one file at a time; the reference server's floor is ~1.3 ms a request,"
     " against Go on both sides for rclone.",
