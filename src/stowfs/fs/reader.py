@@ -1,10 +1,9 @@
 """The read path: block-aligned ranged reads through the block cache. A random read
 that misses a block fetches only the bytes it asks for, the next miss there the whole
-block. While reads stay sequential, a read-ahead window
-(in blocks) doubles, and one background task per open file streams the window's
-blocks with a single ranged GET per run (one long stream beats many parallel short
-ones: both ends are Python). URL renewal is the Remote's business (it renews before
-expiry and on 403).
+block. While reads stay sequential, a read-ahead window (in blocks) doubles, and one
+background task per open file streams the window's blocks with a single ranged GET per
+run (one long stream beats many parallel short ones: both ends are Python). URL renewal
+is the Remote's business (it renews before expiry and on 403).
 """
 
 from __future__ import annotations
