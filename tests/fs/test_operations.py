@@ -382,6 +382,20 @@ async def test_write_back_uploads_in_background(
         assert [f.name for f in remote.files.values()] == ["a"]
 
 
+def gate_uploads(remote: MemRemote) -> tuple[trio.Event, trio.Event]:
+    """From now on an upload sets `entered`, then waits for `gate` to be set."""
+    entered, gate = trio.Event(), trio.Event()
+    upload = remote.upload
+
+    async def slow_upload(*args: object, **kw: object) -> object:
+        entered.set()
+        await gate.wait()
+        return await upload(*args, **kw)  # type: ignore[arg-type]
+
+    remote.upload = slow_upload  # type: ignore[method-assign]
+    return entered, gate
+
+
 async def test_write_back_uploads_each_file_when_due(
     remote: MemRemote, tmp_path: Path, autojump_clock: object
 ) -> None:
@@ -400,14 +414,6 @@ async def test_write_back_uploads_each_file_when_due(
 async def test_write_back_retries_and_catches_a_rewrite_made_while_uploading(
     remote: MemRemote, tmp_path: Path, autojump_clock: object
 ) -> None:
-    entered, gate = trio.Event(), trio.Event()
-    upload = remote.upload
-
-    async def slow_upload(*args: object, **kw: object) -> object:
-        entered.set()
-        await gate.wait()
-        return await upload(*args, **kw)  # type: ignore[arg-type]
-
     async with mounted_ops(remote, tmp_path / "c", write_back=1.0) as fs:
         await fs.listdir()
         remote.down = True
@@ -416,7 +422,7 @@ async def test_write_back_retries_and_catches_a_rewrite_made_while_uploading(
         assert remote.calls["upload"] == 1
         assert not remote.files
         remote.down = False
-        remote.upload = slow_upload  # type: ignore[method-assign]
+        entered, gate = gate_uploads(remote)
         with trio.fail_after(60):
             await entered.wait()  # the retry is in flight
         await fs.write_file("a", b"v2")  # scheduled again while it uploads
@@ -453,15 +459,7 @@ async def test_change_feed_invalidates(fs: FS, remote: MemRemote, autojump_clock
 
 async def test_rename_waits_for_an_upload_in_flight(fs: FS, remote: MemRemote) -> None:
     remote.put("", "a", b"old")
-    entered, gate = trio.Event(), trio.Event()
-    upload = remote.upload
-
-    async def slow_upload(*args: object, **kw: object) -> object:
-        entered.set()
-        await gate.wait()
-        return await upload(*args, **kw)  # type: ignore[arg-type]
-
-    remote.upload = slow_upload  # type: ignore[method-assign]
+    entered, gate = gate_uploads(remote)
     fh = await fs.open("a", os.O_WRONLY | os.O_TRUNC)
     await fs.ops.write(fh, 0, b"new")
     async with trio.open_nursery() as nursery:
