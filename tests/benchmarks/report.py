@@ -34,9 +34,12 @@ WHY: dict[str, str] = {
     " pyfuse3's replies (the kernel filling its page cache) and the HTTP receive lead. With"
     " the machine otherwise idle, probes read at 0.6–1.25 GB/s (a fresh mount, the same"
     " file), also with the page cache filling the memory, after 3 GiB of files written"
-    " and deleted, or after the server's own benchmarks: why full runs read slower than"
-    " probes is not found yet. rclone with `--vfs-cache-mode off` streams the GET to"
-    " the kernel from Go.",
+    " and deleted, or after the server's own benchmarks. In full runs the round where"
+    " stowfs reads after rclone's workloads reads at 700–840 MB/s, the rounds where it"
+    " reads right after the limits round at ~200 MB/s; a probe of the same order"
+    " reproduces it (~250 MB/s after the limits round, 600–800 after), and the first read"
+    " after the data is staged is slow too: something those leave behind, not found yet."
+    " rclone with `--vfs-cache-mode off` streams the GET to the kernel from Go.",
     "ttfb": "On a fresh mount the first read lists the folders on its path and then waits"
     " for a whole 1 MiB block (the block cache's unit, and the kernel's read size), where"
     " rclone returns its first buffer of the stream.",
