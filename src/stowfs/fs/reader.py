@@ -9,17 +9,15 @@ is the Remote's business (it renews before expiry and on 403).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from ..remote.base import Remote, RemoteFile
 from .blockcache import BlockCache, Buffer, version_id
+from .staging import Spawn
 
 log = logging.getLogger(__name__)
-
-Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 @dataclass

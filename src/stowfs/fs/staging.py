@@ -35,10 +35,10 @@ class Staged:
         self.uploading = False
         self.lock = trio.Lock()  # one upload at a time
         # While every write has appended at the end (as cp does): the MD5 of bytes
-        # [0, hashed), fed off the write path (`follow`). None after any other write or
+        # [0, _hashed), fed off the write path (`follow`). None after any other write or
         # a truncate.
         self.digest: Any = hashlib.md5(usedforsecurity=False)
-        self.hashed = 0
+        self._hashed = 0
         self._hashing = trio.Lock()
         self._following = False
 
@@ -70,7 +70,7 @@ class Staged:
     def follow(self, spawn: Spawn) -> None:
         """Hash what was appended in a background task, beside the writes: hashing in
         the write itself would make every write wait for it."""
-        if not self._following and self.digest is not None and self.hashed < self.size:
+        if not self._following and self.digest is not None and self._hashed < self.size:
             self._following = True
 
             async def run() -> None:
@@ -84,15 +84,15 @@ class Staged:
     async def md5(self) -> str | None:
         """The MD5 of the whole file while it was only appended to, else None."""
         async with self._hashing:
-            while (digest := self.digest) is not None and self.hashed < self.size:
-                start, end = self.hashed, min(self.size, self.hashed + HASH_RUN)
+            while (digest := self.digest) is not None and self._hashed < self.size:
+                start, end = self._hashed, min(self.size, self._hashed + HASH_RUN)
                 try:
                     await trio.to_thread.run_sync(_hash_range, self.path, digest, start, end)
                 except OSError:
                     self.digest = None  # unreadable: the stream is abandoned, not trusted
                     break
                 if self.digest is digest:
-                    self.hashed = end
+                    self._hashed = end
             return None if self.digest is None else self.digest.hexdigest()
 
     async def read(self, offset: int, size: int) -> bytes:
