@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stowfs.remote.upload import GROWING_PART
-from tests.fs.mountfix import Mount, wait_for
+from tests.fs.mountfix import Mount, new_mount, wait_for
 from tests.livesrv import LiveServer
 
 MiB = 1024 * 1024
@@ -205,8 +205,6 @@ def test_big_file_uploads_while_it_is_written(
 
 @pytest.mark.parametrize("how", ["stowfs", "fusermount3"])
 def test_unmount_uploads_what_is_pending(live_server: LiveServer, tmp_path: Path, how: str) -> None:
-    from tests.fs.mountfix import new_mount
-
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
     m.start("--write-back", "600", foreground=False)
     try:
@@ -227,8 +225,6 @@ def test_unmount_uploads_what_is_pending(live_server: LiveServer, tmp_path: Path
 
 
 def test_mount_errors_are_one_line(live_server: LiveServer, tmp_path: Path) -> None:
-    from tests.fs.mountfix import new_mount
-
     m = new_mount(tmp_path, live_server.base_url, "not-a-key")
     closed = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
     cases = [
@@ -257,8 +253,6 @@ def test_busy_mountpoint(mount: Mount) -> None:
 def test_kill9_with_write_back_pending(
     live_server: LiveServer, tmp_path: Path, remount: bool
 ) -> None:
-    from tests.fs.mountfix import new_mount
-
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
     m.start("--write-back", "600")
     data = {f"f{i}": os.urandom(50_000 + i) for i in range(5)}
@@ -288,8 +282,6 @@ def test_write_only_dialect_is_a_drop_folder(live_server: LiveServer, tmp_path: 
 
     from PIL import Image
 
-    from tests.fs.mountfix import new_mount
-
     image = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(image, "PNG")
     src = tmp_path / "red.png"
@@ -311,8 +303,6 @@ def test_write_only_dialect_is_a_drop_folder(live_server: LiveServer, tmp_path: 
 
 
 def test_mount_options(live_server: LiveServer, tmp_path: Path) -> None:
-    from tests.fs.mountfix import new_mount
-
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
     upload(m, "", "f.txt", b"data", {})
     m.start("-o", "ro,uid=1234,gid=4321,other_xattrs=enotsup", "--umask", "077")
@@ -358,10 +348,20 @@ def test_named_remote_and_folder(live_server: LiveServer, tmp_path: Path) -> Non
         sh(*stowfs_cmd("unmount", str(m.path)))
 
 
-def test_kernel_read_ahead_is_raised(mount: Mount) -> None:
+def test_kernel_read_ahead_is_raised_before_the_mount_is_ready(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    # A file opened earlier would keep the kernel's 128 KiB (it copies it at open).
     if os.geteuid() != 0:
         pytest.skip("only root may set a device's read-ahead")
-    os.listdir(mount.path)  # the first request, after the kernel's INIT
-    st = os.stat(mount.path)
-    knob = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
-    wait_for(lambda: knob.read_text().strip() == "1024", 10, "the read-ahead")
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    m.start(foreground=False)
+    try:
+        device = next(
+            line.split()[2]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4] == str(m.path)
+        )
+        assert Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "1024"
+    finally:
+        m.unmount()

@@ -78,6 +78,16 @@ async def _stop_on_signals() -> None:
             return
 
 
+async def _announce(mountpoint: Path, ready: Callable[[], None]) -> None:
+    """Ready once the kernel's INIT is answered (a stat of the mountpoint is served)
+    and the read-ahead raised after it: a file opened before the raise keeps the old
+    read-ahead (the kernel copies it at open), and reads at a fraction of the rate."""
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    await trio.to_thread.run_sync(raise_kernel_read_ahead, mountpoint)
+    log.info("mounted on %s (pid %d)", mountpoint, os.getpid())
+    ready()
+
+
 async def serve_mount(
     remote: Remote,
     options: MountOptions,
@@ -92,17 +102,12 @@ async def serve_mount(
     async with trio.open_nursery() as nursery:
         await ops.start(nursery)
         pyfuse3.init(ops, str(mountpoint), fuse_options(options, extra_fuse_options))
-        # After the kernel's INIT (which sets the read-ahead): at the first request.
-        ops.after_init = lambda: nursery.start_soon(
-            trio.to_thread.run_sync, raise_kernel_read_ahead, mountpoint
-        )
         try:
             nursery.start_soon(notifier.run)
             nursery.start_soon(_stop_on_signals)
             if remote.capabilities.changes and remote.capabilities.list:
                 nursery.start_soon(follow_changes, ops.tree, interval)
-            log.info("mounted on %s (pid %d)", mountpoint, os.getpid())
-            ready()
+            nursery.start_soon(_announce, mountpoint, ready)
             await pyfuse3.main()
         finally:
             pyfuse3.close(unmount=True)

@@ -105,7 +105,6 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._usage: tuple[float, Usage] | None = None
         self._nursery: trio.Nursery | None = None
-        self.after_init: Callable[[], None] | None = None  # once, at the first request
 
     # -- life cycle --------------------------------------------------------------------
     async def start(self, nursery: trio.Nursery) -> None:
@@ -133,11 +132,6 @@ class Operations(pyfuse3.Operations):
         left = await self.uploader.drain()
         await trio.to_thread.run_sync(self.journal.close)
         return left
-
-    def _first_request(self) -> None:
-        if self.after_init is not None:
-            callback, self.after_init = self.after_init, None
-            callback()
 
     # -- helpers -----------------------------------------------------------------------
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -240,7 +234,6 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._first_request()
         if name == b".":
             node = self.tree.get(parent_inode)
         elif name == b"..":
@@ -261,7 +254,6 @@ class Operations(pyfuse3.Operations):
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._first_request()
         return self._attr(self.tree.get(inode))
 
     @handler

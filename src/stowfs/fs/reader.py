@@ -64,6 +64,8 @@ class Reader:
         # once, and they finish in any order.
         jumped = offset != seq.next_offset
         self._read_ahead(file, offset, end, last, seq)
+        # A block a sequential read outran its read-ahead for is streamed data too.
+        persist = seq.window == 1 or self.cache.worth_keeping(file.size)
         if first == last:  # the common case: a kernel read inside one block
             vid = version_id(file)
             data = await self.cache.get(vid, first, offset - first * bs, end - offset)
@@ -71,7 +73,7 @@ class Reader:
                 if jumped and self._sample(seq, vid, first):
                     async with self._limiter:
                         return await self.remote.read(file, offset, end - offset)
-                block = memoryview(await self.block(file, first))
+                block = memoryview(await self.block(file, first, persist))
                 data = block[offset - first * bs : end - first * bs]
             return data
         # The kernel's reads are seldom block-aligned: most span two blocks, both
@@ -83,7 +85,7 @@ class Reader:
                 blocks[index] = hot
 
         async def one(index: int) -> None:
-            blocks[index] = await self.block(file, index)
+            blocks[index] = await self.block(file, index, persist)
 
         missing = [index for index in range(first, last + 1) if index not in blocks]
         if missing:
@@ -185,7 +187,7 @@ class Reader:
         if persist:
             self.spawn(lambda: self.cache.store(vid, index, data, optional=True))
 
-    async def block(self, file: RemoteFile, index: int) -> Buffer:
+    async def block(self, file: RemoteFile, index: int, persist: bool = True) -> Buffer:
         vid = version_id(file)
         while True:
             data = await self.cache.get(vid, index)
@@ -200,7 +202,7 @@ class Reader:
             async with self._limiter:
                 bs = self.block_size
                 data = await self.remote.read(file, index * bs, min(bs, file.size - index * bs))
-            self._landed(vid, index, data)
+            self._landed(vid, index, data, persist)
             return data
         finally:
             self._inflight.pop((vid, index), None)
