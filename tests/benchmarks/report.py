@@ -32,13 +32,17 @@ WHY: dict[str, str] = {
     " after its first small ones, so most do); the pyfuse3 null fs"
     " above, which fetches nothing, reads at {null_read} MB/s. In the profile below,"
     " pyfuse3's replies (the kernel filling its page cache) and the HTTP receive lead. With"
-    " the machine otherwise idle, probes read at 0.6–1.25 GB/s (a fresh mount, the same"
-    " file), also with the page cache filling the memory, after 3 GiB of files written"
-    " and deleted, or after the server's own benchmarks. In full runs the round where"
-    " stowfs reads after rclone's workloads reads at 700–840 MB/s, the rounds where it"
-    " reads right after the limits round at ~200 MB/s; a probe of the same order"
-    " reproduces it (~250 MB/s after the limits round, 600–800 after), and the first read"
-    " after the data is staged is slow too: something those leave behind, not found yet."
+    " the machine otherwise idle, probes read at 0.6–1.1 GB/s (a fresh mount, the same"
+    " file). Right after the limits round they read at 170–330 MB/s, in full runs and in"
+    " probes alike. Ruled out: the kernel's read size (1 MiB in slow and fast reads"
+    " alike, logged per read), block-cache writes and the kernel's read-ahead (two causes"
+    " found and fixed on the way: blocks a sequential reader fetched itself went to the"
+    " disk cache, and a file opened before the mount raised its read-ahead kept 128 KiB),"
+    " other processes (the machine is idle between phases), memory pressure (15 GB free)."
+    " In a slow read the mount spends 5–8× longer in pyfuse3's replies, the kernel filling"
+    " its page cache; the pyfuse3 null fs, which fetches nothing, varies as much"
+    " ({null_read_range} MB/s across the rounds of this run). This VM hands freed memory"
+    " back to its host (free page reporting, DAMON page-out): a suspect, not proven."
     " rclone with `--vfs-cache-mode off` streams the GET to the kernel from Go.",
     "ttfb": "On a fresh mount the first read lists the folders on its path and then waits"
     " for a whole 1 MiB block (the block cache's unit, and the kernel's read size), where"
@@ -354,6 +358,9 @@ def why(results: Results, measure: str) -> str:
     for key in ("null_read", "null_ls"):
         spread = Spread.of(list(results.values(key, NULL_FS).values()))
         floor[key] = num(spread.median) if spread else "(not measured)"
+        floor[f"{key}_range"] = (
+            f"{num(spread.low)}–{num(spread.high)}" if spread else "(not measured)"
+        )
     return WHY[measure].format_map(floor)
 
 

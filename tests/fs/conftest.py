@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fs.harness import FS, collect_replies, mounted_ops
+from tests.fs.harness import FS, mounted_ops
 from tests.fs.memremote import MemRemote
 from tests.fs.mountfix import Mount, new_mount
 from tests.livesrv import LiveServer
@@ -17,10 +17,7 @@ def remote() -> MemRemote:
 
 
 @pytest.fixture
-async def fs(
-    remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[FS]:
-    collect_replies(monkeypatch)
+async def fs(remote: MemRemote, tmp_path: Path) -> AsyncIterator[FS]:
     async with mounted_ops(remote, tmp_path / "cache") as fs:
         yield fs
 

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pyfuse3
-import pytest
 import trio
 
 from stowfs.fs.operations import Operations
@@ -46,14 +46,20 @@ async def setattr_(
     return await ops.setattr(inode, attr, fields, fh, CTX)
 
 
-def collect_replies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """readdir_reply needs a kernel token; record the entries instead."""
+def _record_entry(token: list[tuple[bytes, int]], name: bytes, attr: Any, next_id: int) -> bool:
+    token.append((name, attr.st_ino))
+    return True
 
-    def reply(token: list[tuple[bytes, int]], name: bytes, attr: Any, next_id: int) -> bool:
-        token.append((name, attr.st_ino))
-        return True
 
-    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+async def read_entries(ops: Operations, inode: pyfuse3.InodeT) -> list[tuple[bytes, int]]:
+    """A directory's entries as readdir gives them: (name, inode), "." and ".." too.
+    readdir_reply needs a kernel token; the entries are recorded instead."""
+    fh = await ops.opendir(inode, CTX)
+    token: list[tuple[bytes, int]] = []
+    with mock.patch.object(pyfuse3, "readdir_reply", _record_entry):
+        await ops.readdir(fh, 0, token)
+    await ops.releasedir(fh)
+    return token
 
 
 class FS:
@@ -72,11 +78,8 @@ class FS:
         return await self.resolve(head), name.encode()
 
     async def listdir(self, path: str = "") -> list[str]:
-        fh = await self.ops.opendir(await self.resolve(path), CTX)
-        token: list[tuple[bytes, int]] = []
-        await self.ops.readdir(fh, 0, token)
-        await self.ops.releasedir(fh)
-        return sorted(name.decode() for name, _ in token)
+        entries = await read_entries(self.ops, await self.resolve(path))
+        return sorted(name.decode() for name, _ in entries if name not in (b".", b".."))
 
     async def stat(self, path: str) -> pyfuse3.EntryAttributes:
         return await self.ops.getattr(await self.resolve(path), CTX)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyfuse3
 import pytest
 
-from tests.fs.harness import collect_replies, mounted_ops
+from tests.fs.harness import mounted_ops
 from tests.fs.memremote import CAPS, MemRemote
 
 WRITE_ONLY = dataclasses.replace(
@@ -29,8 +29,7 @@ WRITE_ONLY = dataclasses.replace(
 )
 
 
-async def test_drop_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    collect_replies(monkeypatch)
+async def test_drop_folder(tmp_path: Path) -> None:
     remote = MemRemote(WRITE_ONLY)
     async with mounted_ops(remote, tmp_path / "c") as fs:
         assert await fs.listdir() == []

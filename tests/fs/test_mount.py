@@ -57,6 +57,7 @@ def test_copy_list_read_edit_remove(mount: Mount, tmp_path: Path) -> None:
     sh("mkdir", mnt / "dir")
     sh("mv", mnt / "a.bin", mnt / "dir/b.bin")
     assert [f["filename"] for f in mount.remote_files("dir")] == ["b.bin"]
+    assert sh("ls", "-a", mnt / "dir").split() == [".", "..", "b.bin"]
     assert [f["filename"] for f in mount.remote_files("")] == []
 
     with open(mnt / "dir/b.bin", "ab") as f:  # append

@@ -18,7 +18,7 @@ import trio.testing
 from stowfs.errors import AuthFailed, Forbidden, QuotaExceeded, RemoteError, TooLarge, Unavailable
 from stowfs.fs.names import disambiguated
 from stowfs.remote.base import RemoteFile, UploadCheckpoint
-from tests.fs.harness import CTX, FS, mounted_ops, setattr_
+from tests.fs.harness import CTX, FS, mounted_ops, read_entries, setattr_
 from tests.fs.memremote import CAPS, MemRemote
 
 
@@ -289,6 +289,18 @@ async def test_lookup_counts_and_forget(fs: FS, remote: MemRemote) -> None:
     assert inode in fs.ops.tree.nodes
     await fs.ops.forget([(inode, 1)])
     assert inode not in fs.ops.tree.nodes
+
+
+async def test_readdir_gives_dot_entries_without_taking_lookups(fs: FS, remote: MemRemote) -> None:
+    remote.put("sub", "f", b"1")
+    sub = await fs.resolve("sub")
+    lookups = fs.ops.tree.nodes[sub].lookups
+    entries = await read_entries(fs.ops, sub)
+    f = fs.ops.tree.nodes[entries[2][1]]
+    assert entries == [(b".", sub), (b"..", pyfuse3.ROOT_INODE), (b"f", f.inode)]
+    # The kernel takes a lookup of each entry but "." and ".." (libfuse's readdirplus).
+    assert fs.ops.tree.nodes[sub].lookups == lookups
+    assert f.lookups == 1
 
 
 async def test_random_read_fetches_only_its_bytes_then_its_block(fs: FS, remote: MemRemote) -> None:

@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pyfuse3
 import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -36,11 +35,6 @@ VALUES = st.recursive(
 )
 
 
-def _reply(token: list[tuple[bytes, int]], name: bytes, attr: Any, next_id: int) -> bool:
-    token.append((name, attr.st_ino))
-    return True
-
-
 class OpsMachine(RuleBasedStateMachine):
     WRITE_BACK: float | None = None  # upload on close
 
@@ -51,8 +45,6 @@ class OpsMachine(RuleBasedStateMachine):
         self.dirs: set[str] = {""}
         self.remote = MemRemote()
         self.tmp = Path(tempfile.mkdtemp())
-        self._saved_reply = pyfuse3.readdir_reply
-        pyfuse3.readdir_reply = _reply
         ready = threading.Event()
         self._stop: trio.Event | None = None
         self.fs: FS | None = None
@@ -85,7 +77,6 @@ class OpsMachine(RuleBasedStateMachine):
         assert self._stop is not None
         trio.from_thread.run_sync(self._stop.set, trio_token=self.token)
         self.thread.join(10)
-        pyfuse3.readdir_reply = self._saved_reply
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     @staticmethod

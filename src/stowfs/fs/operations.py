@@ -53,7 +53,10 @@ class FileHandle:
 @dataclass
 class DirHandle:
     node: Node
-    entries: list[tuple[str, pyfuse3.InodeT]]
+    entries: list[tuple[str, pyfuse3.InodeT]]  # "." and ".." first
+
+
+DOTS = 2
 
 
 def _name(raw: bytes) -> str:
@@ -300,7 +303,9 @@ class Operations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
         node = await self._dir(inode)
-        return self._fh(DirHandle(node, sorted(node.children.items())))
+        parent = node.parent if node.inode != ROOT else node.inode
+        dots = [(".", node.inode), ("..", parent)]
+        return self._fh(DirHandle(node, dots + sorted(node.children.items())))
 
     @handler
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Any) -> None:
@@ -314,7 +319,8 @@ class Operations(pyfuse3.Operations):
                 continue
             if not pyfuse3.readdir_reply(token, name.encode(), self._attr(node), index + 1):
                 return
-            node.lookups += 1
+            if index >= DOTS:  # the kernel takes no lookup of "." and ".."
+                node.lookups += 1
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self.handles.pop(fh, None)

@@ -10,8 +10,8 @@ import httpx
 import trio
 
 from .. import errors
+from ..tasks import open_nursery
 from .base import RemoteFile
-from .tasks import open_nursery
 from .transport import Transport, describe
 from .tuning import Tuning
 

@@ -17,9 +17,9 @@ from typing import Any
 import trio
 
 from .. import errors
+from ..tasks import open_nursery
 from .base import CheckpointHook, ProgressHook, UploadCheckpoint
 from .capabilities import ServerInfo
-from .tasks import open_nursery
 from .transport import OutcomeUnknown, Transport, document
 from .tuning import MiB, Tuning, plan_parts
 

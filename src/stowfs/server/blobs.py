@@ -24,6 +24,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from ..tasks import open_nursery
 from .errors import APIError, bad_request
 from .parse import parse_uint
 
@@ -166,28 +167,21 @@ async def write_hashed(
             async for pieces in receive:
                 await trio.to_thread.run_sync(absorb, pieces)
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain)
-            async with send:
-                pending: list[bytes] = []
-                buffered = 0
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise TooLarge
-                    pending.append(chunk)
-                    buffered += len(chunk)
-                    if buffered >= COPY_CHUNK:
-                        await send.send(pending)
-                        pending, buffered = [], 0
-                await send.send(pending)
-    except BaseExceptionGroup as group:
-        # One side's failure cancelled the other: callers expect it as itself.
-        _, failed = group.split(trio.Cancelled)
-        if failed is None:
-            raise
-        raise failed.exceptions[0] from None
+    async with open_nursery() as nursery:  # one side's failure cancels the other
+        nursery.start_soon(drain)
+        async with send:
+            pending: list[bytes] = []
+            buffered = 0
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TooLarge
+                pending.append(chunk)
+                buffered += len(chunk)
+                if buffered >= COPY_CHUNK:
+                    await send.send(pending)
+                    pending, buffered = [], 0
+            await send.send(pending)
     return size, md5.hexdigest()
 
 

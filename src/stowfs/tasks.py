@@ -1,8 +1,10 @@
-"""A nursery for parallel transfers whose failure reads as one stowfs error.
+"""A nursery whose failure reads as one error, for the client's parallel transfers and
+the server's receive-while-writing.
 
-Trio wraps a child's exception in an ExceptionGroup; callers of a Remote expect the
-errors of stowfs.errors, so the first real failure is raised on its own (the others
-are its consequences: siblings cancelled, or the same outage seen twice)."""
+Trio wraps a child's exception in an ExceptionGroup; callers expect the error itself
+(a Remote's callers the errors of stowfs.errors), so the first real failure is raised
+on its own (the others are its consequences: siblings cancelled, or the same outage
+seen twice)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from .. import errors
+from . import errors
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
