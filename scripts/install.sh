@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr curl"
+[ "${1:-}" = "--test" ] && PKGS="$PKGS rsync"  # the mount tests drive it
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
