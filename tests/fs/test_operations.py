@@ -208,6 +208,16 @@ async def test_mtime_is_kept_in_metadata(fs: FS, remote: MemRemote) -> None:
     assert remote.files[f.key].metadata["mtime"] == 1_600_000_000.5
 
 
+async def test_a_folder_keeps_its_mtime_in_memory(fs: FS, remote: MemRemote) -> None:
+    remote.put("d", "f", b"1")
+    inode = await fs.resolve("d")
+    calls = sum(remote.calls.values())
+    out = await setattr_(fs.ops, inode, mtime_ns=1_600_000_000_000_000_000)
+    assert out.st_mtime_ns == 1_600_000_000_000_000_000
+    assert (await fs.stat("d")).st_mtime_ns == 1_600_000_000_000_000_000
+    assert sum(remote.calls.values()) == calls  # folders have no metadata to send it to
+
+
 async def test_xattrs_round_trip(fs: FS, remote: MemRemote) -> None:
     f = remote.put("", "img.png", b"x", {"prompt": "a cat", "seed": 42, "tags": ["a", "b"]})
     assert await fs.getxattr("img.png", "user.prompt") == b"a cat"

@@ -270,7 +270,11 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         node = self.tree.get(inode)
         if node.is_dir:
-            return self._attr(node)  # folders have no times or modes to keep
+            # Folders have no metadata: their mtime lasts as long as the mount (so a
+            # second `rsync -a` finds them unchanged); modes are not kept.
+            if fields.update_mtime:
+                node.created = attr.st_mtime_ns / 1e9
+            return self._attr(node)
         if fields.update_size:
             self._writable()
             await self._truncate(node, attr.st_size)

@@ -43,7 +43,7 @@ class Node:
     # directories
     children: dict[str, pyfuse3.InodeT] = field(default_factory=dict)
     listed_at: float | None = None  # trio time of the last listing; None: stale
-    created: float = 0.0
+    created: float = 0.0  # wall time; a folder's mtime (set by touch, rsync: in memory)
     # the object version whose bytes the kernel's page cache holds
     kernel_version: tuple[str, str | None] | None = None
     # trio time this mount last made the node's object (or created the node): a listing
