@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+import trio
+
 from stowfs.errors import (
     Conflict,
     MetadataTooLarge,
@@ -68,6 +70,7 @@ class MemRemote(Remote):
         self.folders: set[str] = set()
         self.log: list[Change] = []
         self.calls: Counter[str] = Counter()
+        self.uploaded_at: dict[str, float] = {}  # name -> trio time of its last upload
         self.served = 0  # bytes read
         self.fail: dict[str, RemoteError] = {}
         self.down = False
@@ -200,6 +203,7 @@ class MemRemote(Remote):
         progress: ProgressHook | None = None,
     ) -> RemoteFile:
         self._enter("upload")
+        self.uploaded_at[name] = trio.current_time()
         return self.put(folder, name, source.read_bytes(), metadata)  # noqa: ASYNC240
 
     async def patch_metadata(self, key: str, patch: Mapping[str, Any]) -> RemoteFile:

@@ -421,16 +421,25 @@ def gate_uploads(remote: MemRemote) -> tuple[trio.Event, trio.Event]:
 async def test_write_back_uploads_each_file_when_due(
     remote: MemRemote, tmp_path: Path, autojump_clock: object
 ) -> None:
+    # The clock jumps whenever every task waits, on a worker thread too: each file's
+    # times are taken around its own write, not assumed from the test's sleeps.
+    written: dict[str, tuple[float, float]] = {}
+
+    async def write(name: str) -> None:
+        start = trio.current_time()
+        await fs.write_file(name, b"x")
+        written[name] = (start, trio.current_time())
+
     async with mounted_ops(remote, tmp_path / "c", write_back=5.0) as fs:
         for i in range(200):
-            await fs.write_file(f"early{i}", b"x")
+            await write(f"early{i}")
         await trio.sleep(3)
-        await fs.write_file("late", b"y")
-        await trio.sleep(2.5)  # the early ones are due, "late" is not
-        names = {f.name for f in remote.files.values()}
-        assert names == {f"early{i}" for i in range(200)}
-        await trio.sleep(3)
-        assert "late" in {f.name for f in remote.files.values()}
+        await write("late")  # due after the early ones: the uploader must wait for it
+        with trio.fail_after(60):
+            while len(remote.uploaded_at) < len(written):
+                await trio.sleep(0.5)
+    for name, (start, end) in written.items():
+        assert start + 5.0 <= remote.uploaded_at[name] <= end + 5.0 + 1.0, name
 
 
 async def test_write_back_retries_and_catches_a_rewrite_made_while_uploading(
