@@ -301,6 +301,29 @@ async def test_lookup_counts_and_forget(fs: FS, remote: MemRemote) -> None:
     assert inode not in fs.ops.tree.nodes
 
 
+async def test_a_listing_asks_for_files_and_folders_at_once(
+    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote.put("d/e", "f", b"1")
+    in_flight, most = 0, 0
+
+    def counted(list_fn: Any) -> Any:
+        async def wrapper(*args: Any) -> Any:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await trio.testing.wait_all_tasks_blocked()  # the other one enters now, or never
+            in_flight -= 1
+            return await list_fn(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(remote, "list_folder", counted(remote.list_folder))
+    monkeypatch.setattr(remote, "list_folders", counted(remote.list_folders))
+    assert await fs.listdir("d") == ["e"]
+    assert most == 2
+
+
 async def test_readdir_gives_dot_entries_without_taking_lookups(fs: FS, remote: MemRemote) -> None:
     remote.put("sub", "f", b"1")
     sub = await fs.resolve("sub")

@@ -19,7 +19,8 @@ import pyfuse3
 import trio
 
 from ..errors import NotFound, Unavailable
-from ..remote.base import Remote, RemoteFile
+from ..remote.base import Remote, RemoteFile, RemoteFolder
+from ..tasks import open_nursery
 from .names import visible_names
 from .staging import Staged
 
@@ -227,8 +228,7 @@ class Tree:
             folder = self.folder_of(node)
             asked = trio.current_time()
             try:
-                files = await self.remote.list_folder(folder)
-                folders = await self.remote.list_folders(folder)
+                files, folders = await self._list(folder)
             except Unavailable:
                 if node.listed_at is None:
                     raise
@@ -238,6 +238,22 @@ class Tree:
                 files, folders = [], []
             self.merge(node, {f.name for f in folders}, files, asked)
             node.listed_at = trio.current_time()
+
+    async def _list(self, folder: str) -> tuple[list[RemoteFile], list[RemoteFolder]]:
+        """The folder's files and subfolders, asked for at once: one round trip."""
+        files: list[RemoteFile] = []
+        folders: list[RemoteFolder] = []
+
+        async def list_files() -> None:
+            files.extend(await self.remote.list_folder(folder))
+
+        async def list_folders() -> None:
+            folders.extend(await self.remote.list_folders(folder))
+
+        async with open_nursery() as nursery:
+            nursery.start_soon(list_files)
+            nursery.start_soon(list_folders)
+        return files, folders
 
     def merge(self, node: Node, folders: set[str], files: list[RemoteFile], asked: float) -> None:
         """Apply a listing of `node` asked for at trio time `asked`. What this mount did
