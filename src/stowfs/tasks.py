@@ -1,5 +1,5 @@
-"""A nursery whose failure reads as one error, for the client's parallel transfers and
-the server's receive-while-writing.
+"""A nursery whose failure reads as one error: the client's parallel transfers, the
+mount's paired listings, the server's receive-while-writing.
 
 Trio wraps a child's exception in an ExceptionGroup; callers expect the error itself
 (a Remote's callers the errors of stowfs.errors), so the first real failure is raised
