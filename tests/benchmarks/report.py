@@ -40,7 +40,7 @@ WHY: dict[str, str] = {
     " disk cache, and a file opened before the mount raised its read-ahead kept 128 KiB),"
     " other processes (the machine is idle between phases), memory pressure (15 GB free)."
     " In a slow read the mount spends 5–8× longer in pyfuse3's replies, the kernel filling"
-    " its page cache; the pyfuse3 null fs, which fetches nothing, varies as much"
+    " its page cache; the pyfuse3 null fs, which fetches nothing, varies too"
     " ({null_read_range} MB/s across the rounds of this run). This VM hands freed memory"
     " back to its host (free page reporting, DAMON page-out): a suspect, not proven."
     " rclone with `--vfs-cache-mode off` streams the GET to the kernel from Go.",
