@@ -1,9 +1,11 @@
 """The read path: block-aligned ranged reads through the block cache. A random read
 that misses a block fetches only the bytes it asks for, the next miss there the whole
-block. While reads stay sequential, a read-ahead window (in blocks) doubles, and one
-background task per open file streams the window's blocks with a single ranged GET per
-run (one long stream beats many parallel short ones: both ends are Python). URL renewal
-is the Remote's business (it renews before expiry and on 403).
+block; so does a first read smaller than a block of a bigger file (`file`, thumbnailers
+and players read a header first, and the first bytes come sooner). While reads stay
+sequential, a read-ahead window (in blocks) doubles, and one background task per open
+file streams the window's blocks with a single ranged GET per run (one long stream beats
+many parallel short ones: both ends are Python). URL renewal is the Remote's business
+(it renews before expiry and on 403).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class Reader:
         # Judged on arrival: the kernel sends a file's reads in order but several at
         # once, and they finish in any order.
         jumped = offset != seq.next_offset
+        # A first read smaller than a block may be all there is (a header).
+        sample = jumped or (seq.next_offset == 0 and end - offset < bs < file.size)
         self._read_ahead(file, offset, end, last, seq)
         # A block a sequential read outran its read-ahead for is streamed data too.
         persist = seq.window == 1 or self.cache.worth_keeping(file.size)
@@ -70,7 +74,7 @@ class Reader:
             vid = version_id(file)
             data = await self.cache.get(vid, first, offset - first * bs, end - offset)
             if data is None:
-                if jumped and self._sample(seq, vid, first):
+                if sample and self._sample(seq, vid, first):
                     async with self._limiter:
                         return await self.remote.read(file, offset, end - offset)
                 block = memoryview(await self.block(file, first, persist))

@@ -101,6 +101,7 @@ class Tree:
         self._next = ROOT + 1
         self._locks: dict[pyfuse3.InodeT, trio.Lock] = {}
         self._gone: dict[str, float] = {}  # keys this mount deleted or replaced: trio time
+        self._left: dict[str, float] = {}  # folders this mount removed or moved: trio time
         root = Node(ROOT, ROOT, "", True, created=now)
         root.lookups = 1  # the kernel never forgets the root
         self.nodes[ROOT] = root
@@ -140,6 +141,8 @@ class Tree:
         """Take a node out of its directory; it lives on while looked up or open."""
         parent = self.nodes.get(node.parent)
         if parent is not None and parent.children.get(node.name) == node.inode:
+            if node.is_dir:
+                self._left[self.folder_of(node)] = trio.current_time()
             del parent.children[node.name]
             if notify:
                 self.invalidate(parent.inode, node.name)
@@ -153,6 +156,8 @@ class Tree:
         """Rename an entry (its subtree comes along)."""
         old = self.nodes.get(node.parent)
         if old is not None and old.children.get(node.name) == node.inode:
+            if node.is_dir:
+                self._left[self.folder_of(node)] = trio.current_time()
             del old.children[node.name]
         node.parent, node.name, node.attached = parent.inode, name, True
         parent.children[name] = node.inode
@@ -261,6 +266,17 @@ class Tree:
         for key, when in list(self._gone.items()):
             if when < asked - GONE_KEPT:
                 del self._gone[key]  # no listing asked for now can still show it
+        for path, when in list(self._left.items()):
+            if when < asked - GONE_KEPT:
+                del self._left[path]
+        # A folder this mount removed or moved after the listing was asked is gone; one
+        # created again since (here or elsewhere) shows in the next listing.
+        base = self.folder_of(node)
+        folders = {
+            name
+            for name in folders
+            if self._left.get(f"{base}/{name}" if base else name, -math.inf) < asked
+        }
         shown = visible_names([f for f in files if f.key not in self._gone], folders)
         for name, inode in list(node.children.items()):
             child = self.nodes[inode]
