@@ -44,9 +44,10 @@ WHY: dict[str, str] = {
     " ({null_read_range} MB/s across the rounds of this run). This VM hands freed memory"
     " back to its host (free page reporting, DAMON page-out): a suspect, not proven."
     " rclone with `--vfs-cache-mode off` streams the GET to the kernel from Go.",
-    "ttfb": "On a fresh mount the first read lists the folders on its path and then waits"
-    " for a whole 1 MiB block (the block cache's unit, and the kernel's read size), where"
-    " rclone returns its first buffer of the stream.",
+    "ttfb": "On a fresh mount the first read lists the folders on its path (each folder's"
+    " files and subfolders, asked for at once) and then fetches the bytes asked for (not"
+    " the whole 1 MiB block) with one signed GET of the Python server; rclone lists"
+    " with one PROPFIND per folder from Go and returns its first buffer of the stream.",
     "random_4k": "A random read's first miss in a block fetches only the bytes asked for, a"
     " second miss there the whole 1 MiB block (kept in the on-disk cache): one signed GET"
     " of the Python server each, issued and awaited from Python; rclone opens a ranged GET"
