@@ -6,7 +6,7 @@ import dataclasses
 import errno
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -325,30 +325,38 @@ async def test_a_listing_asks_for_files_and_folders_at_once(
     assert most == 2
 
 
-async def test_a_listing_older_than_an_rmdir_does_not_bring_the_folder_back(
+async def test_a_listing_older_than_an_rmdir_or_a_move_does_not_undo_it(
     fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await fs.mkdir("d")
-    gate, asked = trio.Event(), trio.Event()
     list_folders = remote.list_folders
-
-    async def stale_root(parent: str | None = None) -> Any:
-        found = await list_folders(parent)  # taken before the rmdir...
-        if parent == "":
-            asked.set()
-            await gate.wait()  # ...and answered after it
-        return found
-
-    monkeypatch.setattr(remote, "list_folders", stale_root)
     root = fs.ops.tree.nodes[pyfuse3.ROOT_INODE]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(fs.ops.tree.refresh, root, force=True))
-        await asked.wait()
-        await fs.rmdir("d")
-        gate.set()
+
+    async def across(change: Callable[[], Awaitable[None]]) -> None:
+        """A root listing taken before `change` and answered after it."""
+        gate, asked = trio.Event(), trio.Event()
+
+        async def stale_root(parent: str | None = None) -> Any:
+            found = await list_folders(parent)
+            if parent == "":
+                asked.set()
+                await gate.wait()
+            return found
+
+        monkeypatch.setattr(remote, "list_folders", stale_root)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(fs.ops.tree.refresh, root, force=True))
+            await asked.wait()
+            await change()
+            gate.set()
+        monkeypatch.setattr(remote, "list_folders", list_folders)
+
+    await fs.mkdir("d")
+    await across(lambda: fs.rmdir("d"))
     assert await fs.listdir() == []
     await fs.mkdir("d")  # made again: shown again
     assert await fs.listdir() == ["d"]
+    await across(lambda: fs.rename("d", "e"))
+    assert await fs.listdir() == ["e"]
 
 
 async def test_readdir_gives_dot_entries_without_taking_lookups(fs: FS, remote: MemRemote) -> None:

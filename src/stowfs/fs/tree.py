@@ -160,6 +160,7 @@ class Tree:
                 self._left[self.folder_of(node)] = trio.current_time()
             del old.children[node.name]
         node.parent, node.name, node.attached = parent.inode, name, True
+        node.owned_at = trio.current_time()  # a listing asked before the move predates it
         parent.children[name] = node.inode
 
     def forget(self, inode: pyfuse3.InodeT, count: int) -> None:
