@@ -139,26 +139,27 @@ class Tree:
 
     def detach(self, node: Node, notify: bool = False) -> None:
         """Take a node out of its directory; it lives on while looked up or open."""
-        parent = self.nodes.get(node.parent)
-        if parent is not None and parent.children.get(node.name) == node.inode:
-            if node.is_dir:
-                self._left[self.folder_of(node)] = trio.current_time()
-            del parent.children[node.name]
-            if notify:
-                self.invalidate(parent.inode, node.name)
+        if self._take_out(self.nodes.get(node.parent), node) and notify:
+            self.invalidate(node.parent, node.name)
         node.attached = False
         if node.is_dir:
             for inode in list(node.children.values()):
                 self.detach(self.nodes[inode])
         self.reap(node)
 
+    def _take_out(self, parent: Node | None, node: Node) -> bool:
+        """Drop `node` from its parent's entries, if still there; a folder's path is
+        noted as left (a listing asked before now may still show it)."""
+        if parent is None or parent.children.get(node.name) != node.inode:
+            return False
+        if node.is_dir:
+            self._left[self.folder_of(node)] = trio.current_time()
+        del parent.children[node.name]
+        return True
+
     def move(self, node: Node, parent: Node, name: str) -> None:
         """Rename an entry (its subtree comes along)."""
-        old = self.nodes.get(node.parent)
-        if old is not None and old.children.get(node.name) == node.inode:
-            if node.is_dir:
-                self._left[self.folder_of(node)] = trio.current_time()
-            del old.children[node.name]
+        self._take_out(self.nodes.get(node.parent), node)
         node.parent, node.name, node.attached = parent.inode, name, True
         node.owned_at = trio.current_time()  # a listing asked before the move predates it
         parent.children[name] = node.inode
@@ -264,12 +265,10 @@ class Tree:
     def merge(self, node: Node, folders: set[str], files: list[RemoteFile], asked: float) -> None:
         """Apply a listing of `node` asked for at trio time `asked`. What this mount did
         since (an upload landing, a delete) is newer than the listing and stays."""
-        for key, when in list(self._gone.items()):
-            if when < asked - GONE_KEPT:
-                del self._gone[key]  # no listing asked for now can still show it
-        for path, when in list(self._left.items()):
-            if when < asked - GONE_KEPT:
-                del self._left[path]
+        for marks in (self._gone, self._left):
+            for key, when in list(marks.items()):
+                if when < asked - GONE_KEPT:
+                    del marks[key]  # no listing asked for now can still show it
         # A folder this mount removed or moved after the listing was asked is gone; one
         # created again since (here or elsewhere) shows in the next listing.
         base = self.folder_of(node)
