@@ -32,7 +32,7 @@ from .names import visible_names
 from .options import MountOptions
 from .reader import Reader, ReadState
 from .staging import Staged
-from .tree import ROOT, Invalidate, Node, Tree
+from .tree import ROOT, Invalidate, Node, Tree, join
 from .uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -339,8 +339,7 @@ class Operations(pyfuse3.Operations):
         parent, text, existing = await self._entry(parent_inode, name)
         if existing is not None:
             raise FUSEError(errno.EEXIST)
-        folder = self.tree.folder_of(parent)
-        await self.remote.mkdir(f"{folder}/{text}" if folder else text)
+        await self.remote.mkdir(join(self.tree.folder_of(parent), text))
         node = self.tree.new(parent, text, True, created=time.time())
         node.listed_at = node.owned_at = trio.current_time()
         node.lookups += 1
@@ -549,8 +548,7 @@ class Operations(pyfuse3.Operations):
     async def _move_folder(self, node: Node, new_parent: Node, new_name: str) -> None:
         """Folders have no server move: mkdir the new tree, move each file, rmdir the old."""
         old_root = self.tree.folder_of(node)
-        base = self.tree.folder_of(new_parent)
-        new_root = f"{base}/{new_name}" if base else new_name
+        new_root = join(self.tree.folder_of(new_parent), new_name)
         below = await self.remote.list_folders(None)
         folders = [old_root, *sorted(f.path for f in below if f.path.startswith(old_root + "/"))]
         moved = {}

@@ -30,6 +30,11 @@ ROOT = pyfuse3.ROOT_INODE
 GONE_KEPT = 600.0  # seconds a deleted key is kept from listings (no listing takes longer)
 
 
+def join(folder: str, name: str) -> str:
+    """The remote path of `name` in `folder` ("" is the storage root)."""
+    return f"{folder}/{name}" if folder else name
+
+
 @dataclass(eq=False)
 class Node:
     inode: pyfuse3.InodeT
@@ -272,11 +277,7 @@ class Tree:
         # A folder this mount removed or moved after the listing was asked is gone; one
         # created again since (here or elsewhere) shows in the next listing.
         base = self.folder_of(node)
-        folders = {
-            name
-            for name in folders
-            if self._left.get(f"{base}/{name}" if base else name, -math.inf) < asked
-        }
+        folders = {name for name in folders if self._left.get(join(base, name), -math.inf) < asked}
         shown = visible_names([f for f in files if f.key not in self._gone], folders)
         for name, inode in list(node.children.items()):
             child = self.nodes[inode]
