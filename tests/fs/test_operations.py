@@ -568,6 +568,54 @@ async def test_change_feed_invalidates(fs: FS, remote: MemRemote, autojump_clock
     assert await fs.read_file("kept") == b"2"
 
 
+async def test_the_change_feed_asks_no_listing_for_our_own_changes(
+    fs: FS, remote: MemRemote
+) -> None:
+    """Every change a mount makes comes back in the feed: none may cost a listing (a
+    big folder re-listed every feed interval while files are copied in); a change made
+    elsewhere still does, and so does one the tree shows in an older state."""
+    remote.put("sub", "theirs", b"1")
+    assert await fs.listdir("sub") == ["theirs"]
+    start = len(remote.log)
+    await fs.write_file("sub/a", b"1")
+    await fs.write_file("sub/a", b"2")  # replaced: a new key, the old one deleted
+    await fs.setxattr("sub/a", "user.prompt", b"a cat")
+    await fs.rename("sub/a", "sub/b")
+    await fs.write_file("sub/c", b"3")
+    upload_of_c = len(remote.log)
+    await fs.unlink("sub/c")
+    await fs.mkdir("sub/d")
+    await fs.rmdir("sub/d")
+    await fs.mkdir("sub/e")
+    await fs.rename("sub/e", "f")
+    await fs.write_file("f/g", b"4")
+    ours = remote.log[start:]
+    assert {c.kind for c in ours} == {"file", "folder"}
+    assert {c.op for c in ours} == {"upsert", "delete"}
+    assert fs.ops.tree.unseen(ours) == set()
+    # a poll that saw the upload of c but not yet its unlink, judged after the unlink
+    assert fs.ops.tree.unseen(remote.log[start:upload_of_c]) == set()
+
+    async def elsewhere(change: Callable[[], Awaitable[object]]) -> set[str]:
+        before = len(remote.log)
+        await change()
+        return fs.ops.tree.unseen([*ours, *remote.log[before:]])
+
+    async def put() -> None:
+        remote.put("sub", "more", b"5")
+
+    [b] = remote.by_path("sub/b")
+    assert await elsewhere(put) == {"sub"}
+    assert await elsewhere(partial(remote.patch_metadata, b.key, {"seed": 7})) == {"sub"}
+    assert await elsewhere(partial(remote.delete, remote.by_path("f/g")[0].key)) == {"f"}
+    assert await elsewhere(partial(remote.mkdir, "f/h")) == {"f", "f/h"}
+    # a service whose clock ticks in seconds: the same time, another name (renamed)
+    [upsert] = [c for c in ours if c.file is not None and c.file.name == "g"]
+    assert upsert.file is not None
+    renamed = dataclasses.replace(upsert, file=dataclasses.replace(upsert.file, name="i"))
+    assert fs.ops.tree.unseen([renamed]) == {"f"}
+
+
 async def test_rename_waits_for_an_upload_in_flight(fs: FS, remote: MemRemote) -> None:
     remote.put("", "a", b"old")
     entered, gate = gate_uploads(remote)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import pyfuse3
 import trio
 
 from ..errors import NotFound, Unavailable
-from ..remote.base import Remote, RemoteFile, RemoteFolder
+from ..remote.base import Change, Remote, RemoteFile, RemoteFolder
 from ..tasks import open_nursery
 from .names import visible_names
 from .staging import Staged
@@ -267,6 +267,31 @@ class Tree:
             nursery.start_soon(list_folders)
         return files, folders
 
+    def unseen(self, changes: Iterable[Change]) -> set[str]:
+        """The folders whose listing `changes` (of the change feed, oldest first) would
+        alter. A change the tree already shows, most often one this mount made itself,
+        asks for none: re-listing a big folder after each of our own uploads would cost
+        a full listing every feed interval while files are copied in."""
+        latest: dict[tuple[str, str, str | None], Change] = {}
+        for change in changes:  # a later change of the same thing supersedes (a rename)
+            latest[change.kind, change.folder, change.key] = change
+        folders: set[str] = set()
+        shown: dict[str, dict[str, RemoteFile]] = {}  # folder -> key -> the file shown
+        for change in latest.values():
+            if change.kind == "folder":
+                if (self.find_dir(change.folder) is not None) != (change.op == "upsert"):
+                    folders.update((change.folder, change.folder.rpartition("/")[0]))
+                continue
+            if change.key in self._gone:
+                continue  # this mount deleted or replaced it
+            if change.folder not in shown:
+                node = self.find_dir(change.folder)
+                children = (self.nodes[i] for i in node.children.values()) if node else ()
+                shown[change.folder] = {c.file.key: c.file for c in children if c.file}
+            if not _shows(shown[change.folder].get(change.key or ""), change.file):
+                folders.add(change.folder)
+        return folders
+
     def merge(self, node: Node, folders: set[str], files: list[RemoteFile], asked: float) -> None:
         """Apply a listing of `node` asked for at trio time `asked`. What this mount did
         since (an upload landing, a delete) is newer than the listing and stays."""
@@ -301,3 +326,18 @@ class Tree:
         for name, remote in shown.items():
             if name not in node.children:
                 self.new(node, name, False, file=remote)
+
+
+def _shows(shown: RemoteFile | None, changed: RemoteFile | None) -> bool:
+    """Whether the file shown (None: no file has that key) already reflects a change to
+    it (`changed`: the record after an upsert; None: a delete)."""
+    if changed is None or shown is None:
+        return changed is shown
+    if shown.updated_at != changed.updated_at:
+        return shown.updated_at > changed.updated_at
+    return _facts(shown) == _facts(changed)
+
+
+def _facts(file: RemoteFile) -> tuple[Any, ...]:
+    """What a listing shows of a file (its signed URL is new in every answer)."""
+    return file.name, file.size, file.checksum, dict(file.metadata), file.is_public

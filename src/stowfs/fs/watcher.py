@@ -1,5 +1,6 @@
 """Remote changes made elsewhere: follow the server's change feed and re-list the
-loaded folders it names (the merge invalidates the kernel's entries and pages).
+loaded folders it names with changes the tree does not show yet (the merge invalidates
+the kernel's entries and pages); our own changes come back in the feed too.
 Without a feed, listings simply expire after --dir-cache-time."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import logging
 import trio
 
 from ..errors import StowfsError
+from ..remote.base import Change
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -22,17 +24,14 @@ async def follow_changes(tree: Tree, interval: float) -> None:
             if cursor is None:
                 cursor = (await remote.changes(None)).cursor
             else:
-                folders: set[str] = set()
+                changes: list[Change] = []
                 while True:
                     batch = await remote.changes(cursor)
                     cursor = batch.cursor
-                    for change in batch.changes:
-                        folders.add(change.folder)
-                        if change.kind == "folder":
-                            folders.add(change.folder.rpartition("/")[0])
+                    changes.extend(batch.changes)
                     if not batch.has_more:
                         break
-                for folder in sorted(folders):
+                for folder in sorted(tree.unseen(changes)):
                     node = tree.find_dir(folder)
                     if node is not None and node.listed_at is not None:
                         await tree.refresh(node, force=True)
