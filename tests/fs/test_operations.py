@@ -460,6 +460,10 @@ async def test_write_back_and_resume(
         remote.down = True  # uploads cannot happen: they stay journaled
         await fs.write_file("a", b"pending bytes")  # close returns at once
         assert await fs.read_file("a") == b"pending bytes"
+        await setattr_(fs.ops, await fs.resolve("a"), mtime_ns=1_500_000_000 * 10**9)
+        # journaled at once, as a crash (no unmount) would find it
+        [entry] = fs.ops.journal.pending()
+        assert entry.metadata["mtime"] == 1_500_000_000.0
     assert remote.files == {}
     remote.down = False
     stray = cache / "staging" / "never-closed"  # a crash before close leaves such files
@@ -471,6 +475,7 @@ async def test_write_back_and_resume(
         assert not stray.exists()
     [f] = remote.by_path("a")
     assert remote.blobs[f.key] == b"pending bytes"
+    assert f.metadata["mtime"] == 1_500_000_000.0  # a touch of the pending file, journaled
     assert list((cache / "staging").iterdir()) == []
 
 
@@ -629,6 +634,55 @@ async def test_rename_waits_for_an_upload_in_flight(fs: FS, remote: MemRemote) -
         gate.set()
     assert {f.path: remote.blobs[f.key] for f in remote.files.values()} == {"b": b"new"}
     assert await fs.listdir() == ["b"]
+
+
+async def test_metadata_set_while_the_upload_is_in_flight_is_kept(
+    fs: FS, remote: MemRemote
+) -> None:
+    """setfattr, setfattr -x or touch while the file's upload is on its way (a close
+    still waiting, a write-back upload): the object ends up with them."""
+    remote.put("", "a", b"old", {"gone": "x", "kept": "y"})
+    entered, gate = gate_uploads(remote)
+    fh = await fs.open("a", os.O_WRONLY | os.O_TRUNC)
+    await fs.ops.write(fh, 0, b"new")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.close, fh)
+        await entered.wait()
+        await fs.setxattr("a", "user.prompt", b"a cat")
+        await fs.removexattr("a", "user.gone")
+        await setattr_(fs.ops, await fs.resolve("a"), mtime_ns=1_500_000_000 * 10**9)
+        gate.set()
+    [f] = remote.by_path("a")
+    assert remote.blobs[f.key] == b"new"
+    assert f.metadata == {"kept": "y", "prompt": "a cat", "mtime": 1_500_000_000.0}
+    assert (await fs.stat("a")).st_mtime_ns == 1_500_000_000 * 10**9
+
+
+async def test_metadata_set_while_it_is_patched_after_an_upload_is_kept(
+    fs: FS, remote: MemRemote
+) -> None:
+    entered, gate = gate_uploads(remote)
+    patching, patched = trio.Event(), trio.Event()
+    patch_metadata = remote.patch_metadata
+
+    async def slow_patch(key: str, patch: Mapping[str, Any]) -> RemoteFile:
+        patching.set()
+        await patched.wait()
+        return await patch_metadata(key, patch)
+
+    remote.patch_metadata = slow_patch  # type: ignore[method-assign]
+    fh = await fs.open("a", os.O_WRONLY | os.O_CREAT)
+    await fs.ops.write(fh, 0, b"x")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.close, fh)
+        await entered.wait()
+        await fs.setxattr("a", "user.first", b"1")  # patched once the bytes are up...
+        gate.set()
+        await patching.wait()
+        await fs.setxattr("a", "user.second", b"2")  # ...and this one during that patch
+        patched.set()
+    [f] = remote.by_path("a")
+    assert {k: f.metadata[k] for k in ("first", "second")} == {"first": 1, "second": 2}
 
 
 async def test_a_listing_older_than_our_own_changes_does_not_undo_them(

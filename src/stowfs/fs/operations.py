@@ -290,6 +290,7 @@ class Operations(pyfuse3.Operations):
         staged = node.staged
         if staged is not None and staged.dirty:
             staged.mtime = mtime  # goes up with the pending upload
+            await self.uploader.record(node)
             return
         if staged is not None:
             async with staged.lock:  # an upload in flight settles first

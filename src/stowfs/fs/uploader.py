@@ -173,23 +173,31 @@ class Uploader:
             self.tree.reap(node)
 
     async def _send(self, staged: Staged, folder: str, name: str) -> RemoteFile:
-        """Upload the staged bytes, completing the stream begun while they were written."""
-        metadata = self.metadata_of(staged)
+        """Upload the staged bytes, completing the stream begun while they were written;
+        then bring the object's metadata up to date: a stream was begun with that of its
+        moment, and a setfattr or touch may come while the bytes are on their way."""
+        sent = self.metadata_of(staged)
         stream = await self.streamer.finish(staged, folder, name)
         checkpoint = stream.checkpoint if stream is not None else None
-        new = await self.remote.upload(staged.path, folder, name, metadata, checkpoint=checkpoint)
-        if stream is None or not self.remote.capabilities.metadata:
+        new = await self.remote.upload(staged.path, folder, name, sent, checkpoint=checkpoint)
+        if stream is not None:
+            sent = stream.metadata  # what the object was created with
+        if not self.remote.capabilities.metadata:
             return new
-        # The stream was begun with the metadata of that moment (an older mtime, say).
-        patch = {k: v for k, v in metadata.items() if new.metadata.get(k) != v}
-        patch.update((k, None) for k in stream.metadata if k not in metadata)
-        if not patch:
-            return new
-        try:
-            return await self.remote.patch_metadata(new.key, patch)
-        except StowfsError as exc:  # the bytes are stored: failing now would upload twice
-            log.warning("%s is uploaded, but its metadata could not be updated: %s", name, exc)
-            return new
+        wanted = self.metadata_of(staged)
+        while True:
+            patch = {k: v for k, v in wanted.items() if new.metadata.get(k) != v}
+            patch.update((k, None) for k in sent if k not in wanted and k in new.metadata)
+            if not patch:
+                return new
+            try:
+                new = await self.remote.patch_metadata(new.key, patch)
+            except StowfsError as exc:  # the bytes are stored: failing now would upload twice
+                log.warning("%s is uploaded, but its metadata could not be updated: %s", name, exc)
+                return new
+            if self.metadata_of(staged) == wanted:
+                return new  # no change came during that request (the usual case)
+            sent, wanted = wanted, self.metadata_of(staged)
 
     async def _swap(self, node: Node, new: RemoteFile) -> None:
         old = node.file
