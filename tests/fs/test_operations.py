@@ -256,6 +256,36 @@ async def test_xattr_facts_and_public(fs: FS, remote: MemRemote) -> None:
     assert fuse_errno(exc) == errno.EPERM
 
 
+async def test_facts_of_a_pending_file_are_those_of_its_new_bytes(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """Right after a write-back close, the URL asked for is that of the bytes just
+    written (not of the object they replace, nor none at all): they go up first. So
+    does making a pending file public."""
+    old = remote.put("", "replaced", b"old")
+    async with mounted_ops(remote, tmp_path / "cache", write_back=1000.0) as fs:
+        await fs.write_file("replaced", b"new")
+        await fs.write_file("created", b"fresh")
+        assert remote.calls["upload"] == 0  # both pending
+        url = await fs.getxattr("replaced", "user.stowfs.url")
+        [new] = remote.by_path("replaced")
+        assert new.key != old.key
+        assert remote.blobs[new.key] == b"new"
+        assert url == f"mem://{new.key}?fresh".encode()
+        assert await fs.getxattr("replaced", "user.stowfs.checksum") == new.checksum.encode()
+        await fs.setxattr("created", "user.stowfs.public", b"true")
+        [created] = remote.by_path("created")
+        assert created.is_public
+        assert remote.blobs[created.key] == b"fresh"
+        assert fs.ops.journal.pending() == []
+        fh = await fs.open("replaced", os.O_WRONLY)  # a writer at work: no upload mid-way
+        await fs.ops.write(fh, 0, b"half")
+        assert await fs.getxattr("replaced", "user.stowfs.key") == new.key.encode()
+        assert remote.blobs[new.key] == b"new"
+        await fs.close(fh)
+        assert await fs.getxattr("replaced", "user.stowfs.key") != new.key.encode()
+
+
 async def test_xattr_limits_and_namespaces_never_call_the_network(
     fs: FS, remote: MemRemote
 ) -> None:

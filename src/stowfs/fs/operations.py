@@ -653,9 +653,22 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(pyfuse3.ENOATTR)
         return xattrs.encode(metadata[key])
 
+    async def _upload_pending(self, node: Node) -> None:
+        """Facts and the public flag are the object's: pending bytes go up first (a URL
+        asked for right after a write-back close is that of the bytes just written), but
+        not half-written ones: while a writer holds the file open, the last object's."""
+        if node.staged is None or not node.staged.pending:
+            return
+        writers = (h for h in self.handles.values() if isinstance(h, FileHandle) and h.writable)
+        if all(h.node is not node for h in writers):
+            await self.uploader.upload(node)
+
     async def _fact(self, node: Node, fact: str) -> bytes:
+        if fact not in xattrs.FACT_NAMES:
+            raise FUSEError(pyfuse3.ENOATTR)
+        await self._upload_pending(node)
         file = node.file
-        if file is None or fact not in xattrs.FACT_NAMES:
+        if file is None:
             raise FUSEError(pyfuse3.ENOATTR)
         value: Any
         if fact in ("url", "url_expires"):
@@ -741,10 +754,11 @@ class Operations(pyfuse3.Operations):
             staged.metadata = dict(node.file.metadata)
 
     async def _set_public(self, node: Node, value: Any) -> None:
-        if node.file is None:
-            raise FUSEError(errno.ENOENT)
         if value not in (True, False, 0, 1):
             raise FUSEError(errno.EINVAL)
+        await self._upload_pending(node)
+        if node.file is None:
+            raise FUSEError(errno.ENOENT)
         if not self.caps.metadata:
             raise FUSEError(errno.ENOTSUP)
         self.tree.own(node, await self.remote.set_public(node.file.key, bool(value)))
