@@ -1,6 +1,9 @@
 """The upload journal: SQLite in the cache dir. Every file whose bytes the remote does
 not have yet has a row here (staging path, destination, the object it replaces), written
-before close returns; a mount started after a crash uploads what it finds.
+before close returns; a mount started after a crash uploads what it finds. A multipart
+upload under way keeps its progress in the row, part by part: the upload resumes from it
+(the remote checks that the staged bytes did not change since; a file moved since starts
+over).
 
 Also the drop folder's record (write-only dialects): what this mount uploaded.
 Methods are synchronous: callers run them with trio.to_thread.
@@ -15,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..remote.base import RemoteFile
+from ..remote.base import RemoteFile, UploadCheckpoint
 
+# uploads.resume: JSON of a `Progress` (NULL: no multipart upload under way). Journals
+# written before it had no such column: it is added on open.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
     id INTEGER PRIMARY KEY,
@@ -24,13 +29,41 @@ CREATE TABLE IF NOT EXISTS uploads (
     folder TEXT NOT NULL,
     name TEXT NOT NULL,
     replaces TEXT,
-    metadata TEXT NOT NULL
+    metadata TEXT NOT NULL,
+    resume TEXT
 );
 CREATE TABLE IF NOT EXISTS drops (
     key TEXT PRIMARY KEY,
     record TEXT NOT NULL
 );
 """
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A multipart upload under way: where it goes, the metadata it was begun with (the
+    object will have those: what changed since is patched after), the parts sent."""
+
+    folder: str
+    name: str
+    begun_with: dict[str, Any]
+    checkpoint: UploadCheckpoint
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "folder": self.folder,
+                "name": self.name,
+                "begun_with": self.begun_with,
+                "checkpoint": self.checkpoint.to_dict(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Progress:
+        doc = json.loads(text)
+        checkpoint = UploadCheckpoint.from_dict(doc["checkpoint"])
+        return cls(doc["folder"], doc["name"], doc["begun_with"], checkpoint)
 
 
 @dataclass(frozen=True)
@@ -41,6 +74,7 @@ class Entry:
     name: str
     replaces: str | None
     metadata: dict[str, Any]
+    progress: Progress | None = None
 
 
 class Journal:
@@ -50,6 +84,9 @@ class Journal:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(uploads)")}
+        if "resume" not in columns:
+            self._conn.execute("ALTER TABLE uploads ADD COLUMN resume TEXT")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -82,6 +119,12 @@ class Journal:
             )
             return entry_id
 
+    def save_progress(self, entry_id: int, progress: Progress) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE uploads SET resume=? WHERE id=?", (progress.to_json(), entry_id)
+            )
+
     def remove(self, entry_id: int) -> None:
         with self._lock:
             self._conn.execute("DELETE FROM uploads WHERE id=?", (entry_id,))
@@ -89,9 +132,21 @@ class Journal:
     def pending(self) -> list[Entry]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, staging, folder, name, replaces, metadata FROM uploads ORDER BY id"
+                "SELECT id, staging, folder, name, replaces, metadata, resume FROM uploads"
+                " ORDER BY id"
             ).fetchall()
-        return [Entry(r[0], Path(r[1]), r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [
+            Entry(
+                r[0],
+                Path(r[1]),
+                r[2],
+                r[3],
+                r[4],
+                json.loads(r[5]),
+                Progress.from_json(r[6]) if r[6] else None,
+            )
+            for r in rows
+        ]
 
     # -- drop folder -------------------------------------------------------------------
     def add_drop(self, file: RemoteFile) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import trio
 
+from .journal import Progress
+
 HASH_RUN = 16 * 1024 * 1024  # bytes hashed per worker-thread call
 HASH_READ = 4 * 1024 * 1024
 
@@ -32,6 +34,7 @@ class Staged:
         self.generation = 1  # bumped by every change
         self.uploaded = 0  # the generation last uploaded
         self.journal_id: int | None = None
+        self.progress: Progress | None = None  # an upload under way a failure interrupted
         self.uploading = False
         self.lock = trio.Lock()  # one upload at a time
         # While every write has appended at the end (as cp does): the MD5 of bytes

@@ -14,14 +14,16 @@ import heapq
 import itertools
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from ..errors import InvalidRequest, NotFound, StowfsError, TooLarge, UnsupportedMediaType
-from ..remote.base import Remote, RemoteFile
+from ..remote.base import Remote, RemoteFile, UploadCheckpoint
 from . import staging
-from .journal import Entry, Journal
+from .journal import Entry, Journal, Progress
 from .staging import Spawn, Staged
 from .streaming import Streamer
 from .tree import Node, Tree
@@ -120,12 +122,7 @@ class Uploader:
         staged = node.staged
         if staged is None:
             return
-        staged.uploaded = staged.generation
-        self._due.pop(node, None)
-        self.streamer.abandon(staged)
-        if staged.journal_id is not None:
-            await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
-            staged.journal_id = None
+        await self._drop(node, staged)
         log.error("upload of %s refused by the remote; the change was not kept", node.name)
         if node.file is None:
             self.tree.detach(node, notify=True)
@@ -135,14 +132,22 @@ class Uploader:
 
     async def cancel(self, node: Node) -> None:
         """The node was unlinked: its pending bytes go nowhere."""
-        staged = node.staged
         self._due.pop(node, None)
-        if staged is not None:
-            staged.uploaded = staged.generation
-            self.streamer.abandon(staged)
-            if staged.journal_id is not None:
-                await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
-                staged.journal_id = None
+        if node.staged is not None:
+            await self._drop(node, node.staged)
+
+    async def _drop(self, node: Node, staged: Staged) -> None:
+        """Nothing of these bytes is pending any more: no schedule, no stream, no parts
+        of an interrupted upload, no journal row."""
+        staged.uploaded = staged.generation
+        self._due.pop(node, None)
+        self.streamer.abandon(staged)
+        if staged.progress is not None:
+            await self.remote.abort_upload(staged.progress.checkpoint)
+            staged.progress = None
+        if staged.journal_id is not None:
+            await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
+            staged.journal_id = None
 
     async def upload(self, node: Node) -> None:
         staged = node.staged
@@ -173,31 +178,77 @@ class Uploader:
             self.tree.reap(node)
 
     async def _send(self, staged: Staged, folder: str, name: str) -> RemoteFile:
-        """Upload the staged bytes, completing the stream begun while they were written;
-        then bring the object's metadata up to date: a stream was begun with that of its
-        moment, and a setfattr or touch may come while the bytes are on their way."""
-        sent = self.metadata_of(staged)
+        """Upload the staged bytes, completing the stream begun while they were written
+        or an upload a failure interrupted."""
+        metadata = self.metadata_of(staged)
         stream = await self.streamer.finish(staged, folder, name)
-        checkpoint = stream.checkpoint if stream is not None else None
-        new = await self.remote.upload(staged.path, folder, name, sent, checkpoint=checkpoint)
-        if stream is not None:
-            sent = stream.metadata  # what the object was created with
+        if stream is not None and stream.checkpoint is not None:
+            staged.progress = Progress(folder, name, stream.metadata, stream.checkpoint)
+        begun = staged.progress
+
+        def remember(progress: Progress) -> None:
+            staged.progress = progress
+
+        new = await self._upload(
+            staged.path, folder, name, metadata, begun, staged.journal_id, remember
+        )
+        staged.progress = None
+        sent = {**(begun.begun_with if begun else {}), **metadata}
+        return await self._patch_since(new, sent, lambda: self.metadata_of(staged))
+
+    async def _upload(
+        self,
+        source: Path,
+        folder: str,
+        name: str,
+        metadata: dict[str, Any],
+        begun: Progress | None,
+        entry_id: int | None,
+        remember: Callable[[Progress], None],
+    ) -> RemoteFile:
+        """Upload `source`, resuming the upload under way (`begun`) if it goes to this
+        very place (the remote starts over if the bytes changed since); its progress is
+        remembered and journaled part by part."""
+        checkpoint = None
+        if begun is not None and (begun.folder, begun.name) == (folder, name):
+            checkpoint = begun.checkpoint
+        elif begun is not None:
+            await self.remote.abort_upload(begun.checkpoint)  # begun for another place
+
+        async def on_checkpoint(cp: UploadCheckpoint) -> None:
+            resumed = begun is not None and cp is checkpoint
+            begun_with = begun.begun_with if begun is not None and resumed else metadata
+            progress = Progress(folder, name, begun_with, cp)
+            remember(progress)
+            if entry_id is not None:
+                await trio.to_thread.run_sync(self.journal.save_progress, entry_id, progress)
+
+        return await self.remote.upload(
+            source, folder, name, metadata, checkpoint=checkpoint, on_checkpoint=on_checkpoint
+        )
+
+    async def _patch_since(
+        self, new: RemoteFile, sent: dict[str, Any], wanted: Callable[[], dict[str, Any]]
+    ) -> RemoteFile:
+        """Bring the new object's metadata to `wanted()`: an upload begun earlier (a
+        stream, a resumed one) has the metadata of its moment, and a setfattr or touch
+        may come while the bytes are on their way. `sent`: keys it may have been given."""
         if not self.remote.capabilities.metadata:
             return new
-        wanted = self.metadata_of(staged)
+        goal = wanted()
         while True:
-            patch = {k: v for k, v in wanted.items() if new.metadata.get(k) != v}
-            patch.update((k, None) for k in sent if k not in wanted and k in new.metadata)
+            patch = {k: v for k, v in goal.items() if new.metadata.get(k) != v}
+            patch.update((k, None) for k in sent if k not in goal and k in new.metadata)
             if not patch:
                 return new
             try:
                 new = await self.remote.patch_metadata(new.key, patch)
             except StowfsError as exc:  # the bytes are stored: failing now would upload twice
-                log.warning("%s is uploaded, but its metadata could not be updated: %s", name, exc)
+                log.warning("%s is uploaded, but its metadata could not be set: %s", new.name, exc)
                 return new
-            if self.metadata_of(staged) == wanted:
+            if wanted() == goal:
                 return new  # no change came during that request (the usual case)
-            sent, wanted = wanted, self.metadata_of(staged)
+            sent, goal = goal, wanted()
 
     async def _swap(self, node: Node, new: RemoteFile) -> None:
         old = node.file
@@ -292,8 +343,22 @@ class Uploader:
     async def _resume(self, entry: Entry) -> None:
         if not await trio.to_thread.run_sync(entry.staging.exists):
             log.error("journaled upload of %s/%s lost its staging file", entry.folder, entry.name)
+            if entry.progress is not None:
+                await self.remote.abort_upload(entry.progress.checkpoint)
         else:
-            new = await self.remote.upload(entry.staging, entry.folder, entry.name, entry.metadata)
+            # Parts land in entry.progress's checkpoint itself: a second try resumes too.
+            new = await self._upload(
+                entry.staging,
+                entry.folder,
+                entry.name,
+                entry.metadata,
+                entry.progress,
+                entry.id,
+                lambda progress: None,
+            )
+            begun_with = entry.progress.begun_with if entry.progress else {}
+            sent = {**begun_with, **entry.metadata}
+            new = await self._patch_since(new, sent, lambda: entry.metadata)
             if self.drop_folder:
                 await trio.to_thread.run_sync(self.journal.add_drop, new)
             if entry.replaces and entry.replaces != new.key:

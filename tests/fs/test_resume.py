@@ -1,0 +1,185 @@
+"""An interrupted multipart upload resumes from its last part: after a failure in the
+same mount, and from the journal after a crash. Over an in-memory remote."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from stowfs.errors import Unavailable
+from stowfs.fs.journal import Journal, Progress
+from stowfs.remote.base import CheckpointHook, ProgressHook, RemoteFile, UploadCheckpoint
+from tests.fs.harness import mounted_ops
+from tests.fs.memremote import CAPS, MemRemote
+
+PART = 16 * 1024
+DATA = os.urandom(7 * PART - 100)  # seven parts
+
+
+class ResumableRemote(MemRemote):
+    """Multipart uploads above 64 KiB, part by part, each reported to `on_checkpoint`;
+    one given a checkpoint sends only the parts it lacks, unless the source changed
+    since (as the storage remote does). After `fail_after` parts sent, every part fails
+    (a dropped connection). The object gets the metadata the upload was begun with."""
+
+    def __init__(self) -> None:
+        super().__init__(dataclasses.replace(CAPS, multipart=True, single_upload_max=64 * 1024))
+        self.sent: list[tuple[str, int]] = []  # (upload id, part number)
+        self.begun: dict[str, dict[str, Any]] = {}  # live uploads: the metadata begun with
+        self.aborted: list[str] = []
+        self.fail_after: int | None = None
+
+    async def upload(
+        self,
+        source: Path,
+        folder: str,
+        name: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        checkpoint: UploadCheckpoint | None = None,
+        on_checkpoint: CheckpointHook | None = None,
+        progress: ProgressHook | None = None,
+    ) -> RemoteFile:
+        data = source.read_bytes()  # noqa: ASYNC240
+        if len(data) <= 64 * 1024 and checkpoint is None:
+            return await super().upload(source, folder, name, metadata)
+        self._enter("upload")
+        cp = checkpoint
+        mtime_ns = source.stat().st_mtime_ns  # noqa: ASYNC240
+        if cp is not None and (cp.size, cp.mtime_ns) != (len(data), mtime_ns):
+            await self.abort_upload(cp)
+            cp = None
+        if cp is None:
+            cp = UploadCheckpoint(f"u{len(self.begun) + len(self.aborted)}", "", len(data), PART)
+            cp.mtime_ns = mtime_ns
+            self.begun[cp.upload_id] = dict(metadata or {})
+            if on_checkpoint is not None:
+                await on_checkpoint(cp)
+        for n in range(1, -(-len(data) // PART) + 1):
+            if n in cp.parts:
+                continue
+            if self.fail_after is not None and len(self.sent) >= self.fail_after:
+                raise Unavailable("connection dropped", status=503)
+            self.sent.append((cp.upload_id, n))
+            cp.parts[n] = f"etag{n}"
+            if on_checkpoint is not None:
+                await on_checkpoint(cp)
+        return self.put(folder, name, data, self.begun.pop(cp.upload_id))
+
+    async def abort_upload(self, checkpoint: UploadCheckpoint) -> None:
+        self.aborted.append(checkpoint.upload_id)
+        self.begun.pop(checkpoint.upload_id, None)
+
+
+@pytest.fixture
+def remote() -> ResumableRemote:
+    return ResumableRemote()
+
+
+async def retried(remote: MemRemote, path: str) -> None:
+    """Until the retry stored `path`. The autojump clock also jumps while a worker
+    thread runs: a count of polls bounds the wait, not a time."""
+    for _ in range(10_000):
+        if remote.by_path(path):
+            return
+        await trio.sleep(1)
+    raise AssertionError(f"{path} was never stored")
+
+
+def stored(remote: MemRemote, path: str) -> RemoteFile:
+    [f] = remote.by_path(path)
+    return f
+
+
+async def test_an_upload_a_failure_interrupted_goes_on_from_its_last_part(
+    remote: ResumableRemote, tmp_path: Path, autojump_clock: object
+) -> None:
+    remote.fail_after = 3
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        with pytest.raises(pyfuse3.FUSEError):
+            await fs.write_file("big", DATA)  # close: the upload failed, the bytes are kept
+        [entry] = fs.ops.journal.pending()
+        assert entry.progress is not None
+        assert sorted(entry.progress.checkpoint.parts) == [1, 2, 3]  # journaled part by part
+        remote.fail_after = None
+        await retried(remote, "big")
+        assert remote.blobs[stored(remote, "big").key] == DATA
+    assert remote.sent == [("u0", n) for n in range(1, 8)]  # each part once, one upload
+    assert remote.aborted == []
+
+
+async def test_a_crash_mid_upload_resumes_from_the_journal(
+    remote: ResumableRemote, tmp_path: Path
+) -> None:
+    """A write-back upload interrupted, then no clean unmount (the remote stays down
+    through it, as after a kill -9): the next mount sends only the missing parts, and
+    metadata set meanwhile still reaches the object."""
+    cache = tmp_path / "cache"
+    remote.fail_after = 4
+    async with mounted_ops(remote, cache, write_back=0.0) as fs:
+        await fs.write_file("big", DATA)
+        with trio.fail_after(5):
+            while len(remote.sent) < 4 or remote.calls["upload"] < 1:
+                await trio.sleep(0.01)
+        remote.down = True
+        await fs.setxattr("big", "user.prompt", b"a cat")
+    assert remote.files == {}
+    journal = Journal(cache / "journal.db")
+    [entry] = journal.pending()
+    journal.close()
+    assert entry.progress is not None
+    assert sorted(entry.progress.checkpoint.parts) == [1, 2, 3, 4]
+    remote.down, remote.fail_after = False, None
+    async with mounted_ops(remote, cache):
+        with trio.fail_after(5):
+            while not remote.by_path("big"):
+                await trio.sleep(0.01)
+    f = stored(remote, "big")
+    assert remote.blobs[f.key] == DATA
+    assert f.metadata["prompt"] == "a cat"
+    assert remote.sent == [("u0", n) for n in range(1, 8)]
+
+
+async def test_an_upload_begun_for_another_name_starts_over(
+    remote: ResumableRemote, tmp_path: Path, autojump_clock: object
+) -> None:
+    """Completing it would store the object under the old name: its parts are released
+    and the bytes go up anew to the new one."""
+    remote.fail_after = 2
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        with pytest.raises(pyfuse3.FUSEError):
+            await fs.write_file("big", DATA)
+        remote.fail_after = None
+        await fs.rename("big", "moved")  # a pending file: renamed here only
+        await retried(remote, "moved")
+        assert remote.blobs[stored(remote, "moved").key] == DATA
+        assert remote.by_path("big") == []
+    assert remote.aborted == ["u0"]
+    assert [n for upload, n in remote.sent if upload != "u0"] == list(range(1, 8))
+
+
+def test_a_journal_of_an_earlier_version_gains_the_progress_column(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE uploads (id INTEGER PRIMARY KEY, staging TEXT NOT NULL, folder TEXT"
+            " NOT NULL, name TEXT NOT NULL, replaces TEXT, metadata TEXT NOT NULL)"
+        )
+        conn.execute("INSERT INTO uploads VALUES (1, '/s/x', 'in', 'a', NULL, '{}')")
+    journal = Journal(path)
+    [entry] = journal.pending()
+    assert (entry.name, entry.progress) == ("a", None)
+    checkpoint = UploadCheckpoint("u1", "k", 10, 5, {1: "e1"}, 7)
+    journal.save_progress(entry.id, Progress("in", "a", {"m": 1}, checkpoint))
+    [entry] = journal.pending()
+    assert entry.progress == Progress("in", "a", {"m": 1}, checkpoint)
+    journal.close()
