@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import sqlite3
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ import trio
 from stowfs.errors import Unavailable
 from stowfs.fs.journal import Journal, Progress
 from stowfs.remote.base import CheckpointHook, ProgressHook, RemoteFile, UploadCheckpoint
-from tests.fs.harness import mounted_ops
+from tests.fs.harness import FS, mounted_ops
 from tests.fs.memremote import CAPS, MemRemote
 
 PART = 16 * 1024
@@ -37,6 +38,25 @@ class ResumableRemote(MemRemote):
         self.begun: dict[str, dict[str, Any]] = {}  # live uploads: the metadata begun with
         self.aborted: list[str] = []
         self.fail_after: int | None = None
+        self._ids = itertools.count()
+
+    async def begin_upload(
+        self, folder: str, name: str, metadata: Mapping[str, Any] | None = None
+    ) -> UploadCheckpoint | None:
+        self._enter("begin_upload")
+        cp = UploadCheckpoint(f"u{next(self._ids)}", "", 0, PART, growing=True)
+        self.begun[cp.upload_id] = dict(metadata or {})
+        return cp
+
+    async def upload_part(self, checkpoint: UploadCheckpoint, number: int, source: Path) -> None:
+        self._enter("upload_part")
+        self._send_part(checkpoint, number)
+
+    def _send_part(self, cp: UploadCheckpoint, number: int) -> None:
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            raise Unavailable("connection dropped", status=503)
+        self.sent.append((cp.upload_id, number))
+        cp.parts[number] = f"etag{number}"
 
     async def upload(
         self,
@@ -55,11 +75,13 @@ class ResumableRemote(MemRemote):
         self._enter("upload")
         cp = checkpoint
         mtime_ns = source.stat().st_mtime_ns  # noqa: ASYNC240
+        if cp is not None and cp.growing:
+            cp.size, cp.mtime_ns, cp.growing = len(data), mtime_ns, False
         if cp is not None and (cp.size, cp.mtime_ns) != (len(data), mtime_ns):
             await self.abort_upload(cp)
             cp = None
         if cp is None:
-            cp = UploadCheckpoint(f"u{len(self.begun) + len(self.aborted)}", "", len(data), PART)
+            cp = UploadCheckpoint(f"u{next(self._ids)}", "", len(data), PART)
             cp.mtime_ns = mtime_ns
             self.begun[cp.upload_id] = dict(metadata or {})
             if on_checkpoint is not None:
@@ -67,10 +89,7 @@ class ResumableRemote(MemRemote):
         for n in range(1, -(-len(data) // PART) + 1):
             if n in cp.parts:
                 continue
-            if self.fail_after is not None and len(self.sent) >= self.fail_after:
-                raise Unavailable("connection dropped", status=503)
-            self.sent.append((cp.upload_id, n))
-            cp.parts[n] = f"etag{n}"
+            self._send_part(cp, n)
             if on_checkpoint is not None:
                 await on_checkpoint(cp)
         return self.put(folder, name, data, self.begun.pop(cp.upload_id))
@@ -83,6 +102,16 @@ class ResumableRemote(MemRemote):
 @pytest.fixture
 def remote() -> ResumableRemote:
     return ResumableRemote()
+
+
+async def write_back_to_front(fs: FS, path: str) -> None:
+    """Write DATA (not only appending: no upload streams while it is written)."""
+    fh = await fs.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        await fs.ops.write(fh, PART, DATA[PART:])
+        await fs.ops.write(fh, 0, DATA[:PART])
+    finally:
+        await fs.close(fh)
 
 
 async def retried(remote: MemRemote, path: str) -> None:
@@ -106,7 +135,7 @@ async def test_an_upload_a_failure_interrupted_goes_on_from_its_last_part(
     remote.fail_after = 3
     async with mounted_ops(remote, tmp_path / "cache") as fs:
         with pytest.raises(pyfuse3.FUSEError):
-            await fs.write_file("big", DATA)  # close: the upload failed, the bytes are kept
+            await write_back_to_front(fs, "big")  # close: the upload failed, bytes kept
         [entry] = fs.ops.journal.pending()
         assert entry.progress is not None
         assert sorted(entry.progress.checkpoint.parts) == [1, 2, 3]  # journaled part by part
@@ -126,7 +155,7 @@ async def test_a_crash_mid_upload_resumes_from_the_journal(
     cache = tmp_path / "cache"
     remote.fail_after = 4
     async with mounted_ops(remote, cache, write_back=0.0) as fs:
-        await fs.write_file("big", DATA)
+        await write_back_to_front(fs, "big")
         with trio.fail_after(5):
             while len(remote.sent) < 4 or remote.calls["upload"] < 1:
                 await trio.sleep(0.01)
@@ -149,6 +178,36 @@ async def test_a_crash_mid_upload_resumes_from_the_journal(
     assert remote.sent == [("u0", n) for n in range(1, 8)]
 
 
+async def test_parts_streamed_while_the_file_was_written_survive_a_crash(
+    remote: ResumableRemote, tmp_path: Path
+) -> None:
+    """A big file copied in goes up part by part while it is written; closed (write-back)
+    and the mount crashed before the rest went: the next mount sends only the rest."""
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
+        fh = await fs.open("big", os.O_WRONLY | os.O_CREAT)
+        for offset in range(0, len(DATA), PART // 2):
+            await fs.ops.write(fh, offset, DATA[offset : offset + PART // 2])
+        with trio.fail_after(5):
+            while len(remote.sent) < 6:
+                await trio.sleep(0.01)  # the six whole parts went while it was written
+        await fs.close(fh)
+        remote.down = True  # no upload, no clean unmount: as after a kill -9
+    journal = Journal(cache / "journal.db")
+    [entry] = journal.pending()
+    journal.close()
+    assert entry.progress is not None
+    assert sorted(entry.progress.checkpoint.parts) == [1, 2, 3, 4, 5, 6]
+    assert (entry.progress.checkpoint.size, entry.progress.checkpoint.growing) == (len(DATA), False)
+    remote.down = False
+    async with mounted_ops(remote, cache):
+        with trio.fail_after(5):
+            while not remote.by_path("big"):
+                await trio.sleep(0.01)
+    assert remote.blobs[stored(remote, "big").key] == DATA
+    assert sorted(remote.sent) == [("u0", n) for n in range(1, 8)]  # parallel: any order
+
+
 async def test_an_upload_begun_for_another_name_starts_over(
     remote: ResumableRemote, tmp_path: Path, autojump_clock: object
 ) -> None:
@@ -157,7 +216,7 @@ async def test_an_upload_begun_for_another_name_starts_over(
     remote.fail_after = 2
     async with mounted_ops(remote, tmp_path / "cache") as fs:
         with pytest.raises(pyfuse3.FUSEError):
-            await fs.write_file("big", DATA)
+            await write_back_to_front(fs, "big")
         remote.fail_after = None
         await fs.rename("big", "moved")  # a pending file: renamed here only
         await retried(remote, "moved")

@@ -21,6 +21,7 @@ import trio
 
 from ..errors import StowfsError
 from ..remote.base import Remote, UploadCheckpoint
+from .journal import Progress
 from .staging import Spawn, Staged
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,15 @@ class Streamer:
             return None
         cp.md5 = md5
         return stream
+
+    def progress(self, staged: Staged) -> Progress | None:
+        """The parts the file's stream has landed so far, as progress to journal (the
+        file was only appended to: they hold its bytes); None: no intact stream."""
+        stream = self._streams.get(staged)
+        cp = stream.checkpoint if stream is not None else None
+        if stream is None or cp is None or stream.broken or staged.digest is None:
+            return None
+        return Progress(stream.folder, stream.name, stream.metadata, cp)
 
     def abandon(self, staged: Staged) -> None:
         stream = self._streams.pop(staged, None)

@@ -10,10 +10,12 @@ succeeded (upload the new object, then delete the old key).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,7 @@ class Uploader:
         if staged is None or not staged.dirty:
             return
         await self.record(node)
+        await self._journal_stream(staged, self.streamer.progress(staged))
         if self.write_back is not None:
             self.schedule(node, self.write_back)
             return
@@ -226,6 +229,24 @@ class Uploader:
         return await self.remote.upload(
             source, folder, name, metadata, checkpoint=checkpoint, on_checkpoint=on_checkpoint
         )
+
+    async def _journal_stream(self, staged: Staged, progress: Progress | None) -> None:
+        """At close, journal the parts a stream sent while the file was written: a crash
+        before its upload goes on (the upload journals its own progress) resumes from
+        them. Journaled as complete, with the staged file's size and mtime of now: the
+        remote checks them before it trusts the parts."""
+        if progress is None or staged.journal_id is None:
+            return
+        stat = await trio.to_thread.run_sync(os.stat, staged.path)
+        cp = dataclasses.replace(
+            progress.checkpoint,
+            parts=dict(progress.checkpoint.parts),  # parts still landing change the live one
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+            growing=False,
+        )
+        journaled = dataclasses.replace(progress, checkpoint=cp)
+        await trio.to_thread.run_sync(self.journal.save_progress, staged.journal_id, journaled)
 
     async def _patch_since(
         self, new: RemoteFile, sent: dict[str, Any], wanted: Callable[[], dict[str, Any]]
