@@ -41,6 +41,7 @@ class Mount:
     key_file: Path
     args: tuple[str, ...]
     proc: subprocess.Popen[bytes] | None = None
+    options: tuple[str, ...] = ()  # of stowfs itself, before `mount` (-v: log requests)
     pid: int | None = None  # background mode: the detached process
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
@@ -73,6 +74,7 @@ class Mount:
     # -- life cycle --------------------------------------------------------------------
     def command(self, *extra: str) -> list[str]:
         return stowfs_cmd(
+            *self.options,
             "mount",
             *self.args,
             str(self.path),

@@ -182,6 +182,20 @@ def test_parallel_cp(mount: Mount, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
+def parts_on(server: LiveServer, name: str) -> int:
+    """Parts the server holds of the multipart upload of a file of that name."""
+    db = sqlite3.connect(server.data_dir / "meta.db")
+    try:
+        row = db.execute(
+            "SELECT COUNT(*) FROM parts p JOIN multipart m ON m.upload_id = p.upload_id"
+            " JOIN files f ON f.id = m.file_row WHERE f.filename = ?",
+            (name,),
+        ).fetchone()
+    finally:
+        db.close()
+    return int(row[0])
+
+
 def test_big_file_uploads_while_it_is_written(
     mount: Mount, live_server: LiveServer, overwrite: bool
 ) -> None:
@@ -193,16 +207,7 @@ def test_big_file_uploads_while_it_is_written(
     data = bytearray()
 
     def parts_sent() -> int:
-        db = sqlite3.connect(live_server.data_dir / "meta.db")
-        try:
-            row = db.execute(
-                "SELECT COUNT(*) FROM parts p JOIN multipart m ON m.upload_id = p.upload_id"
-                " JOIN files f ON f.id = m.file_row WHERE f.filename = ?",
-                (name,),
-            ).fetchone()
-        finally:
-            db.close()
-        return int(row[0])
+        return parts_on(live_server, name)
 
     with open(mount.path / name, "wb", buffering=0) as f:
         for offset in range(0, size, MiB):
@@ -290,6 +295,32 @@ def test_kill9_with_write_back_pending(
             assert done.returncode != 0
             assert f"run: fusermount3 -u {m.path}" in done.stderr  # the dead mount, named
             subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=True)
+    finally:
+        m.unmount()
+
+
+def test_kill9_before_a_streamed_upload_completes_resumes_from_its_parts(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """A big file sent part by part while it was written, closed with write-back
+    pending, then kill -9: the next mount sends only the part the server lacks."""
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    m.start("--write-back", "600")
+    name = f"resumed-{uuid.uuid4().hex[:8]}.bin"
+    data = os.urandom(3 * GROWING_PART + 12_345)
+    try:
+        with open(m.path / name, "wb", buffering=0) as f:
+            for offset in range(0, len(data), MiB):
+                f.write(data[offset : offset + MiB])
+            wait_for(lambda: parts_on(live_server, name) == 3, 60, "the three whole parts")
+        m.kill9()
+        m.options = ("-v",)  # log every request
+        m.start()
+        wait_for(lambda: m.remote_files(), 60, "the resumed upload", max_pause=0.2)
+        assert m.remote_bytes(m.remote_file(name)) == data
+        requests = [line for line in m.log.read_text().splitlines() if "HTTP Request" in line]
+        assert not [r for r in requests if "multipart/initiate" in r]
+        assert len([r for r in requests if "HTTP Request: PUT" in r]) == 1  # the last part
     finally:
         m.unmount()
 
