@@ -241,4 +241,8 @@ def test_a_journal_of_an_earlier_version_gains_the_progress_column(tmp_path: Pat
     journal.save_progress(entry.id, Progress("in", "a", {"m": 1}, checkpoint))
     [entry] = journal.pending()
     assert entry.progress == Progress("in", "a", {"m": 1}, checkpoint)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE uploads SET resume = '{\"folder\": 1}'")  # not ours to read
+    [entry] = journal.pending()
+    assert (entry.name, entry.progress) == ("a", None)  # the upload starts over
     journal.close()

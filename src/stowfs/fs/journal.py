@@ -12,6 +12,7 @@ Methods are synchronous: callers run them with trio.to_thread.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..remote.base import RemoteFile, UploadCheckpoint
+
+log = logging.getLogger(__name__)
 
 # uploads.resume: JSON of a `Progress` (NULL: no multipart upload under way). Journals
 # written before it had no such column: it is added on open.
@@ -143,7 +146,7 @@ class Journal:
                 r[3],
                 r[4],
                 json.loads(r[5]),
-                Progress.from_json(r[6]) if r[6] else None,
+                _progress(r[6]),
             )
             for r in rows
         ]
@@ -179,3 +182,14 @@ class Journal:
         with self._lock:
             rows = self._conn.execute("SELECT record FROM drops").fetchall()
         return [RemoteFile(**json.loads(r[0])) for r in rows]
+
+
+def _progress(text: str | None) -> Progress | None:
+    """A row's progress; one unreadable (another version wrote it) means starting over."""
+    if not text:
+        return None
+    try:
+        return Progress.from_json(text)
+    except (ValueError, KeyError, TypeError):
+        log.warning("an upload's journaled progress is unreadable: it starts over")
+        return None

@@ -193,11 +193,17 @@ class Uploader:
             staged.progress = progress
 
         new = await self._upload(
-            staged.path, folder, name, metadata, begun, staged.journal_id, remember
+            staged.path,
+            folder,
+            name,
+            metadata,
+            begun,
+            staged.journal_id,
+            remember,
+            lambda: self.metadata_of(staged),
         )
         staged.progress = None
-        sent = {**(begun.begun_with if begun else {}), **metadata}
-        return await self._patch_since(new, sent, lambda: self.metadata_of(staged))
+        return new
 
     async def _upload(
         self,
@@ -208,10 +214,12 @@ class Uploader:
         begun: Progress | None,
         entry_id: int | None,
         remember: Callable[[Progress], None],
+        wanted: Callable[[], dict[str, Any]],
     ) -> RemoteFile:
         """Upload `source`, resuming the upload under way (`begun`) if it goes to this
         very place (the remote starts over if the bytes changed since); its progress is
-        remembered and journaled part by part."""
+        remembered and journaled part by part. Then its metadata is brought to
+        `wanted()`."""
         checkpoint = None
         if begun is not None and (begun.folder, begun.name) == (folder, name):
             checkpoint = begun.checkpoint
@@ -219,16 +227,17 @@ class Uploader:
             await self.remote.abort_upload(begun.checkpoint)  # begun for another place
 
         async def on_checkpoint(cp: UploadCheckpoint) -> None:
-            resumed = begun is not None and cp is checkpoint
-            begun_with = begun.begun_with if begun is not None and resumed else metadata
+            begun_with = begun.begun_with if begun is not None and cp is checkpoint else metadata
             progress = Progress(folder, name, begun_with, cp)
             remember(progress)
             if entry_id is not None:
                 await trio.to_thread.run_sync(self.journal.save_progress, entry_id, progress)
 
-        return await self.remote.upload(
+        new = await self.remote.upload(
             source, folder, name, metadata, checkpoint=checkpoint, on_checkpoint=on_checkpoint
         )
+        sent = {**(begun.begun_with if begun is not None else {}), **metadata}
+        return await self._patch_since(new, sent, wanted)
 
     async def _journal_stream(self, staged: Staged, progress: Progress | None) -> None:
         """At close, journal the parts a stream sent while the file was written: a crash
@@ -376,10 +385,8 @@ class Uploader:
                 entry.progress,
                 entry.id,
                 lambda progress: None,
+                lambda: entry.metadata,
             )
-            begun_with = entry.progress.begun_with if entry.progress else {}
-            sent = {**begun_with, **entry.metadata}
-            new = await self._patch_since(new, sent, lambda: entry.metadata)
             if self.drop_folder:
                 await trio.to_thread.run_sync(self.journal.add_drop, new)
             if entry.replaces and entry.replaces != new.key:
