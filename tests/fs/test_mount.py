@@ -181,7 +181,6 @@ def test_parallel_cp(mount: Mount, tmp_path: Path) -> None:
         assert (mount.path / src.name).read_bytes() == src.read_bytes()
 
 
-@pytest.mark.parametrize("overwrite", [False, True])
 def parts_on(server: LiveServer, name: str) -> int:
     """Parts the server holds of the multipart upload of a file of that name."""
     db = sqlite3.connect(server.data_dir / "meta.db")
@@ -196,6 +195,7 @@ def parts_on(server: LiveServer, name: str) -> int:
     return int(row[0])
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
 def test_big_file_uploads_while_it_is_written(
     mount: Mount, live_server: LiveServer, overwrite: bool
 ) -> None:
