@@ -108,6 +108,10 @@ def test_refused_operations(mount: Mount) -> None:
     assert "Operation not permitted" in fails("mkfifo", mnt / "p")
     sh("chmod", "600", mnt / "f")  # accepted, not stored
     assert "No such file" in fails("cat", mnt / "missing")
+    # a name the server refuses fails at once, even where close is never checked
+    assert "Invalid argument" in fails("sh", "-c", f"echo x > '{mnt}/back\\slash'")
+    assert "Invalid argument" in fails("mkdir", mnt / "tab\tname")
+    assert sorted(os.listdir(mnt)) == ["f"]
 
 
 def test_xattrs_against_the_server(mount: Mount) -> None:

@@ -309,6 +309,30 @@ async def test_refused_node_types(fs: FS) -> None:
         assert fuse_errno(exc) == errno.EPERM
 
 
+async def test_names_the_remote_refuses_fail_at_once(tmp_path: Path) -> None:
+    """Refused at create, mkdir or rename (EINVAL), before any byte is written: at close
+    a shell's `echo > file` would never see the error and the bytes would be gone."""
+    remote = MemRemote(dataclasses.replace(CAPS, name_forbidden="/\\"))
+    remote.put("", "kept", b"1")
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        await fs.listdir()
+        before = sum(remote.calls.values())
+        for name in ("a\x01b", "new\nline", "del\x7f", "back\\slash"):
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await fs.write_file(name, b"x")
+            assert fuse_errno(exc) == errno.EINVAL
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await fs.mkdir(name)
+            assert fuse_errno(exc) == errno.EINVAL
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await fs.rename("kept", name)
+            assert fuse_errno(exc) == errno.EINVAL
+        assert sum(remote.calls.values()) == before
+        assert await fs.listdir() == ["kept"]
+        await fs.write_file("spaces, 'quotes' and é", b"y")
+    assert remote.by_path("spaces, 'quotes' and é")
+
+
 async def test_statfs_reports_plan_usage(fs: FS, remote: MemRemote) -> None:
     remote.limit_bytes = 1024 * 1024
     remote.put("", "f", b"x" * 4096)

@@ -13,6 +13,7 @@ import trio
 
 from stowfs import errors
 from stowfs.remote import connect
+from stowfs.remote.capabilities import capabilities, parse_info
 from stowfs.remote.common import HttpRemote
 from stowfs.remote.storage import StorageRemote
 from stowfs.remote.transport import Transport
@@ -34,8 +35,21 @@ async def test_connect_returns_a_storage_remote(live_server: LiveServer, shared_
         assert caps.usage_limits
         assert caps.multipart
         assert caps.single_upload_max == 50 * 1024 * 1024
+        assert caps.refuses_name("back\\slash")  # the reference server says so
+        assert caps.refuses_name("tab\tname")  # control characters: protocol.md
+        assert not caps.refuses_name("spaces, 'quotes' and é")
     finally:
         await remote.aclose()
+
+
+@pytest.mark.parametrize("doc", [None, {"dialects": ["storage"]}])
+def test_a_provider_naming_no_forbidden_characters_refuses_what_the_protocol_does(
+    doc: object,
+) -> None:
+    caps = capabilities("storage", parse_info(doc))
+    assert caps.refuses_name("a/b")
+    assert caps.refuses_name("tab\tname")  # control characters: protocol.md
+    assert not caps.refuses_name("back\\slash")
 
 
 async def test_upload_list_stat_read(client: HttpRemote, folder: str, make_file: MakeFile) -> None:

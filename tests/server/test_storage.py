@@ -390,6 +390,7 @@ async def test_capabilities(api: httpx.AsyncClient) -> None:
     assert {"changes", "move", "folder_delete", "usage_limits"} <= set(caps["extensions"])
     assert caps["limits"]["post_max_bytes"] == 50 * 1024 * 1024
     assert caps["limits"]["metadata_max_bytes"] == 10 * 1024
+    assert set(caps["name_forbidden_chars"]) == {"/", "\\"}
 
 
 async def test_auth_schemes(live_server: object, api_key: str) -> None:

@@ -182,6 +182,14 @@ class Operations(pyfuse3.Operations):
         name = _name(raw)
         return node, name, self.tree.child(node, name)
 
+    async def _new_entry(self, parent: pyfuse3.InodeT, raw: bytes) -> tuple[Node, str, Node | None]:
+        """As _entry, for a name about to be given to a file or folder: one the remote
+        would refuse fails now (EINVAL), not at close, where a shell's `>` never looks."""
+        node, name, existing = await self._entry(parent, raw)
+        if existing is None and self.caps.refuses_name(name):
+            raise FUSEError(errno.EINVAL)
+        return node, name, existing
+
     def _fh(self, handle: FileHandle | DirHandle) -> pyfuse3.FileHandleT:
         fh = self._next_fh
         self._next_fh += 1
@@ -337,7 +345,7 @@ class Operations(pyfuse3.Operations):
         self._writable()
         if not self.caps.mkdir or not self.caps.list:
             raise FUSEError(errno.EPERM)
-        parent, text, existing = await self._entry(parent_inode, name)
+        parent, text, existing = await self._new_entry(parent_inode, name)
         if existing is not None:
             raise FUSEError(errno.EEXIST)
         await self.remote.mkdir(join(self.tree.folder_of(parent), text))
@@ -395,7 +403,7 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
-        parent, text, existing = await self._entry(parent_inode, name)
+        parent, text, existing = await self._new_entry(parent_inode, name)
         if parent.inode != ROOT and not self.caps.list:
             raise FUSEError(errno.EPERM)
         if existing is not None:
@@ -502,7 +510,7 @@ class Operations(pyfuse3.Operations):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise FUSEError(errno.EINVAL)
         _, _, node = await self._entry(parent_inode_old, name_old)
-        new_parent, new_name, target = await self._entry(parent_inode_new, name_new)
+        new_parent, new_name, target = await self._new_entry(parent_inode_new, name_new)
         if node is None:
             raise FUSEError(errno.ENOENT)
         if target is node:

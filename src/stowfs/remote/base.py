@@ -38,6 +38,12 @@ class Capabilities:
     max_file_size: int | None  # None: no known limit
     metadata_max_bytes: int
     content_types: frozenset[str] | None = None  # None: any (images: JPEG/PNG/WebP/GIF)
+    # Characters no file or folder name may hold, besides control characters (protocol.md:
+    # folder names hold none; the reference server refuses them in filenames too).
+    name_forbidden: str = "/"
+
+    def refuses_name(self, name: str) -> bool:
+        return any(c in self.name_forbidden or ord(c) < 32 or ord(c) == 127 for c in name)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class ServerInfo:
     dialects: frozenset[str] = frozenset()
     extensions: frozenset[str] = frozenset()
     limits: Mapping[str, int] = field(default_factory=dict)
+    name_forbidden: str = "/"  # characters no name may hold, besides control characters
 
     def limit(self, name: str) -> int:
         value = self.limits.get(name)
@@ -66,8 +67,10 @@ def parse_info(doc: Any) -> ServerInfo:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("dialects"), list):
         return ServerInfo()
     limits = doc.get("limits")
+    forbidden = doc.get("name_forbidden_chars")
     return ServerInfo(
         described=True,
+        name_forbidden="".join(sorted({"/", *forbidden})) if isinstance(forbidden, str) else "/",
         dialects=frozenset(str(d) for d in doc["dialects"]),
         extensions=frozenset(str(e) for e in doc.get("extensions") or []),
         limits={
@@ -128,6 +131,7 @@ def capabilities(dialect: Dialect, info: ServerInfo) -> Capabilities:
             multipart=multipart,
             max_file_size=info.limit("multipart_max_bytes") if multipart else post_max,
             metadata_max_bytes=metadata_max,
+            name_forbidden=info.name_forbidden,
         )
     nothing: dict[str, Any] = {
         "list": False,
@@ -143,6 +147,7 @@ def capabilities(dialect: Dialect, info: ServerInfo) -> Capabilities:
         "usage_limits": False,
         "renewable_urls": False,
         "metadata_max_bytes": metadata_max,
+        "name_forbidden": info.name_forbidden,
     }
     if dialect == "presign":
         return Capabilities(

@@ -6,6 +6,7 @@ from .errors import bad_request
 
 MAX_NAME = 255
 MAX_FOLDER_PATH = 1024
+FORBIDDEN_CHARS = "/\\"  # in a folder name or filename, besides control characters
 
 
 def _bad_chars(name: str) -> bool:
@@ -15,7 +16,7 @@ def _bad_chars(name: str) -> bool:
 def check_segment(name: str, what: str = "folder name") -> str:
     if not 1 <= len(name) <= MAX_NAME:
         raise bad_request(f"{what} must be 1-{MAX_NAME} characters", code="INVALID_NAME")
-    if "/" in name or "\\" in name or _bad_chars(name) or name in (".", ".."):
+    if any(c in FORBIDDEN_CHARS for c in name) or _bad_chars(name) or name in (".", ".."):
         raise bad_request(
             f"{what} {name!r} may not contain '/', '\\' or control characters",
             code="INVALID_NAME",

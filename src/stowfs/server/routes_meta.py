@@ -14,7 +14,7 @@ from .config import (
     URL_EXPIRATION_MAX,
     URL_EXPIRATION_MIN,
 )
-from .names import MAX_NAME
+from .names import FORBIDDEN_CHARS, MAX_NAME
 from .state import StateDep
 
 router = APIRouter(prefix="/v1")
@@ -30,6 +30,7 @@ async def capabilities(state: StateDep) -> dict[str, Any]:
         "version": PROTOCOL_VERSION,
         "dialects": ["storage", "presign", "images"],
         "extensions": ["changes", "move", "folder_delete", "usage_limits", "capabilities"],
+        "name_forbidden_chars": FORBIDDEN_CHARS,  # besides control characters
         "limits": {
             "post_max_bytes": cfg.post_max_bytes,
             "put_max_bytes": cfg.put_max_bytes,
