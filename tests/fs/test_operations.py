@@ -18,7 +18,7 @@ import trio.testing
 
 from stowfs.errors import AuthFailed, Forbidden, QuotaExceeded, RemoteError, TooLarge, Unavailable
 from stowfs.fs.names import disambiguated
-from stowfs.remote.base import RemoteFile, UploadCheckpoint
+from stowfs.remote.base import Change, RemoteFile, UploadCheckpoint
 from tests.fs.harness import CTX, FS, mounted_ops, read_entries, setattr_
 from tests.fs.memremote import CAPS, MemRemote
 
@@ -627,12 +627,10 @@ async def test_change_feed_invalidates(fs: FS, remote: MemRemote, autojump_clock
     assert await fs.read_file("kept") == b"2"
 
 
-async def test_the_change_feed_asks_no_listing_for_our_own_changes(
-    fs: FS, remote: MemRemote
-) -> None:
-    """Every change a mount makes comes back in the feed: none may cost a listing (a
-    big folder re-listed every feed interval while files are copied in); a change made
-    elsewhere still does, and so does one the tree shows in an older state."""
+async def test_the_change_feed_is_applied_without_listing(fs: FS, remote: MemRemote) -> None:
+    """Every change a mount makes comes back in the feed: none changes anything. One
+    made elsewhere is applied as a listing would show it, without asking for one (a
+    folder outputs land in may hold thousands), the same as a listing shows it after."""
     remote.put("sub", "theirs", b"1")
     assert await fs.listdir("sub") == ["theirs"]
     start = len(remote.log)
@@ -651,28 +649,44 @@ async def test_the_change_feed_asks_no_listing_for_our_own_changes(
     ours = remote.log[start:]
     assert {c.kind for c in ours} == {"file", "folder"}
     assert {c.op for c in ours} == {"upsert", "delete"}
-    assert fs.ops.tree.unseen(ours) == set()
+    tree = fs.ops.tree
+    assert tree.absorb(ours, trio.current_time()) == set()
     # a poll that saw the upload of c but not yet its unlink, judged after the unlink
-    assert fs.ops.tree.unseen(remote.log[start:upload_of_c]) == set()
+    assert tree.absorb(remote.log[start:upload_of_c], trio.current_time()) == set()
+    listings = remote.calls["list_folder"]
 
     async def elsewhere(change: Callable[[], Awaitable[object]]) -> set[str]:
         before = len(remote.log)
         await change()
-        return fs.ops.tree.unseen([*ours, *remote.log[before:]])
+        return tree.absorb(remote.log[before:], trio.current_time())
 
-    async def put() -> None:
-        remote.put("sub", "more", b"5")
+    async def put(folder: str, name: str) -> None:
+        remote.put(folder, name, b"5")
 
     [b] = remote.by_path("sub/b")
-    assert await elsewhere(put) == {"sub"}
+    assert await elsewhere(partial(put, "sub", "more")) == {"sub"}
+    assert await elsewhere(partial(put, "sub", "b")) == {"sub"}  # a second "b": both shown
     assert await elsewhere(partial(remote.patch_metadata, b.key, {"seed": 7})) == {"sub"}
     assert await elsewhere(partial(remote.delete, remote.by_path("f/g")[0].key)) == {"f"}
-    assert await elsewhere(partial(remote.mkdir, "f/h")) == {"f", "f/h"}
+    assert await elsewhere(partial(remote.mkdir, "f/h")) == {"f"}
+    assert await elsewhere(partial(remote.mkdir, "f/x/y")) == {"f"}  # shows as f/x
+    assert await elsewhere(partial(remote.rmdir, "f/h")) == {"f"}
+    assert remote.calls["list_folder"] == listings
+    [other_b] = [f for f in remote.by_path("sub/b") if f.key != b.key]
+    sub = sorted(await fs.listdir("sub"))
+    assert sub == sorted(["b", disambiguated("b", other_b.key), "more", "theirs"])
+    assert await fs.getxattr("sub/b", "user.seed") == b"7"  # patched last: the newest
+    assert sorted(await fs.listdir("f")) == ["x"]
+    for folder in ("sub", "f"):  # what a listing shows now
+        names = sorted(await fs.listdir(folder))
+        await tree.refresh(tree.nodes[await fs.resolve(folder)], force=True)
+        assert sorted(await fs.listdir(folder)) == names
     # a service whose clock ticks in seconds: the same time, another name (renamed)
-    [upsert] = [c for c in ours if c.file is not None and c.file.name == "g"]
-    assert upsert.file is not None
-    renamed = dataclasses.replace(upsert, file=dataclasses.replace(upsert.file, name="i"))
-    assert fs.ops.tree.unseen([renamed]) == {"f"}
+    shown = tree.nodes[await fs.resolve("sub/more")].file
+    assert shown is not None
+    renamed = Change("upsert", "file", "sub", shown.key, dataclasses.replace(shown, name="i"))
+    assert tree.absorb([renamed], trio.current_time()) == {"sub"}
+    assert "i" in await fs.listdir("sub")
 
 
 async def test_rename_waits_for_an_upload_in_flight(fs: FS, remote: MemRemote) -> None:

@@ -267,30 +267,63 @@ class Tree:
             nursery.start_soon(list_folders)
         return files, folders
 
-    def unseen(self, changes: Iterable[Change]) -> set[str]:
-        """The folders whose listing `changes` (of the change feed, oldest first) would
-        alter. A change the tree already shows, most often one this mount made itself,
-        asks for none: re-listing a big folder after each of our own uploads would cost
-        a full listing every feed interval while files are copied in."""
+    def absorb(self, changes: Iterable[Change], asked: float) -> set[str]:
+        """Apply changes of the change feed (oldest first, asked for at trio time
+        `asked`) to the loaded folders they touch, as a listing would show them then,
+        without asking for one: outputs landing one by one in a folder of thousands
+        would cost a whole listing per feed interval. A change the tree already shows,
+        most often one this mount made itself, changes nothing. Returns the folders
+        changed."""
         latest: dict[tuple[str, str, str | None], Change] = {}
         for change in changes:  # a later change of the same thing supersedes (a rename)
             latest[change.kind, change.folder, change.key] = change
-        folders: set[str] = set()
-        shown: dict[str, dict[str, RemoteFile]] = {}  # folder -> key -> the file shown
+        news: dict[str, list[Change]] = {}  # loaded folder -> its changes not shown yet
         for change in latest.values():
             if change.kind == "folder":
-                if (self.find_dir(change.folder) is not None) != (change.op == "upsert"):
-                    folders.update((change.folder, change.folder.rpartition("/")[0]))
-                continue
-            if change.key in self._gone:
-                continue  # this mount deleted or replaced it
-            if change.folder not in shown:
-                node = self.find_dir(change.folder)
-                children = (self.nodes[i] for i in node.children.values()) if node else ()
-                shown[change.folder] = {c.file.key: c.file for c in children if c.file}
-            if not _shows(shown[change.folder].get(change.key or ""), change.file):
-                folders.add(change.folder)
-        return folders
+                shown_at = self._shown_part(change.folder, change.op)
+                if shown_at is not None:
+                    news.setdefault(shown_at[0], []).append(shown_at[1])
+            elif change.key not in self._gone:  # not a key this mount deleted or replaced
+                news.setdefault(change.folder, []).append(change)
+        changed: set[str] = set()
+        for folder, items in news.items():
+            node = self.find_dir(folder)
+            if node is None or node.listed_at is None:
+                continue  # never listed: its first listing will show all
+            children = [self.nodes[i] for i in node.children.values()]
+            files = {c.file.key: c.file for c in children if c.file is not None}
+            folders = {c.name for c in children if c.is_dir}
+            new = False
+            for change in items:
+                if change.kind == "folder":
+                    name = change.folder.rpartition("/")[2]
+                    (folders.add if change.op == "upsert" else folders.discard)(name)
+                    new = True
+                elif not _shows(files.get(change.key or ""), change.file):
+                    if change.file is None:
+                        files.pop(change.key or "", None)
+                    else:
+                        files[change.key or ""] = change.file
+                    new = True
+            if new:
+                self.merge(node, folders, list(files.values()), asked)
+                changed.add(folder)
+        return changed
+
+    def _shown_part(self, path: str, op: str) -> tuple[str, Change] | None:
+        """A folder created or removed elsewhere, as the change of the loaded folder
+        that shows it: (that folder, the change of its subfolder). A folder created
+        deep under one not shown yet shows as that one. None: nothing to show."""
+        if op != "upsert":
+            if self.find_dir(path) is None:
+                return None  # not shown (removed here too, or never seen)
+            return path.rpartition("/")[0], Change("delete", "folder", path)
+        while path and self.find_dir(path) is None:
+            parent = path.rpartition("/")[0]
+            if self.find_dir(parent) is not None:
+                return parent, Change("upsert", "folder", path)
+            path = parent
+        return None
 
     def merge(self, node: Node, folders: set[str], files: list[RemoteFile], asked: float) -> None:
         """Apply a listing of `node` asked for at trio time `asked`. What this mount did

@@ -1,7 +1,7 @@
-"""Remote changes made elsewhere: follow the server's change feed and re-list the
-loaded folders it names with changes the tree does not show yet (the merge invalidates
-the kernel's entries and pages); our own changes come back in the feed too.
-Without a feed, listings simply expire after --dir-cache-time."""
+"""Remote changes made elsewhere: follow the server's change feed and apply what it
+says to the loaded folders (the merge invalidates the kernel's entries and pages); our
+own changes come back in it too and change nothing. Without a feed, listings simply
+expire after --dir-cache-time, which stays the backstop with one."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ async def follow_changes(tree: Tree, interval: float) -> None:
             if cursor is None:
                 cursor = (await remote.changes(None)).cursor
             else:
+                asked = trio.current_time()
                 changes: list[Change] = []
                 while True:
                     batch = await remote.changes(cursor)
@@ -31,10 +32,7 @@ async def follow_changes(tree: Tree, interval: float) -> None:
                     changes.extend(batch.changes)
                     if not batch.has_more:
                         break
-                for folder in sorted(tree.unseen(changes)):
-                    node = tree.find_dir(folder)
-                    if node is not None and node.listed_at is not None:
-                        await tree.refresh(node, force=True)
+                tree.absorb(changes, asked)
         except StowfsError as exc:
             log.info("change feed: %s", exc)
         await trio.sleep(interval)
