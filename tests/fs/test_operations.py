@@ -689,6 +689,28 @@ async def test_the_change_feed_is_applied_without_listing(fs: FS, remote: MemRem
     assert "i" in await fs.listdir("sub")
 
 
+async def test_a_change_feed_that_lost_track_lists_the_loaded_folders_again(
+    fs: FS, remote: MemRemote, autojump_clock: object
+) -> None:
+    """A cursor older than the history the feed keeps (410, after a long suspend): what
+    changed meanwhile is found by listing, and the feed is followed from then on."""
+    from stowfs.errors import Conflict
+    from stowfs.fs.watcher import follow_changes
+
+    assert await fs.listdir() == []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow_changes, fs.ops.tree, 1.0)
+        await trio.sleep(0.5)  # the feed's cursor is taken
+        remote.fail["changes"] = Conflict("cursor expired", status=410, code="CURSOR_EXPIRED")
+        remote.put("", "lost", b"1")  # a change the expired history no longer holds
+        remote.log.clear()
+        await trio.sleep(2)
+        remote.put("", "after", b"2")
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert sorted(await fs.listdir()) == ["after", "lost"]  # dir_cache_time is 1000 s
+
+
 async def test_rename_waits_for_an_upload_in_flight(fs: FS, remote: MemRemote) -> None:
     remote.put("", "a", b"old")
     entered, gate = gate_uploads(remote)

@@ -219,6 +219,11 @@ class Tree:
     def _pending(node: Node) -> bool:
         return node.staged is not None and node.staged.pending
 
+    def loaded_folders(self) -> list[Node]:
+        return [
+            n for n in self.nodes.values() if n.is_dir and n.attached and n.listed_at is not None
+        ]
+
     def walk(self, node: Node) -> Iterator[Node]:
         yield node
         for inode in list(node.children.values()):
