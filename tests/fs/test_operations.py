@@ -16,7 +16,16 @@ import pytest
 import trio
 import trio.testing
 
-from stowfs.errors import AuthFailed, Forbidden, QuotaExceeded, RemoteError, TooLarge, Unavailable
+from stowfs.errors import (
+    AuthFailed,
+    Forbidden,
+    QuotaExceeded,
+    RemoteError,
+    TooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from stowfs.fs.journal import Journal
 from stowfs.fs.names import disambiguated
 from stowfs.remote.base import Change, RemoteFile, UploadCheckpoint
 from tests.fs.harness import CTX, FS, mounted_ops, read_entries, setattr_
@@ -113,6 +122,43 @@ async def test_refused_upload_reaches_close(fs: FS, remote: MemRemote) -> None:
     assert not remote.by_path("x.bin")
     assert not await fs.exists("x.bin")  # a refused new file is not shown
     assert await trio.to_thread.run_sync(fs.ops.journal.pending) == []
+
+
+async def test_an_upload_refused_in_the_background_is_dropped_not_retried(
+    remote: MemRemote, tmp_path: Path, autojump_clock: object
+) -> None:
+    """Write-back, or an earlier mount's journal: the remote refuses the bytes for good
+    (a drop folder given a non-image, say): retrying every few minutes forever would
+    never do. The change is dropped, and the log says so."""
+    cache = tmp_path / "cache"
+
+    async def settled(fs: FS) -> None:
+        # The autojump clock also jumps while a worker thread runs: polls, not a time.
+        for _ in range(10_000):
+            if not fs.ops.journal.pending():
+                break
+            await trio.sleep(1)
+        await trio.sleep(1000)  # time for retries, were there any
+
+    async with mounted_ops(remote, cache, write_back=1.0) as fs:
+        remote.fail["upload"] = UnsupportedMediaType("not an image", status=415)
+        await fs.write_file("x.txt", b"abc")  # close returns at once
+        await settled(fs)
+        assert remote.calls["upload"] == 1
+        assert not await fs.exists("x.txt")
+        assert fs.ops.journal.pending() == []
+        remote.down = True
+        await fs.write_file("y.txt", b"abc")  # stays journaled: the remote is down
+    assert len(Journal(cache / "journal.db").pending()) == 1
+    remote.down = False
+    remote.fail["upload"] = UnsupportedMediaType("not an image", status=415)
+    tries = remote.calls["upload"]
+    async with mounted_ops(remote, cache) as fs:
+        await settled(fs)
+        assert remote.calls["upload"] == tries + 1
+        assert fs.ops.journal.pending() == []
+    assert list((cache / "staging").iterdir()) == []
+    assert remote.files == {}
 
 
 @pytest.mark.parametrize(
@@ -557,11 +603,18 @@ def gate_uploads(remote: MemRemote) -> tuple[trio.Event, trio.Event]:
     return entered, gate
 
 
+@pytest.fixture
+def patient_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps once every task has waited 0.1 s of real time: not while
+    a worker thread runs, as the autojump clock does (under load, by seconds)."""
+    return trio.testing.MockClock(autojump_threshold=0.1)
+
+
 async def test_write_back_uploads_each_file_when_due(
-    remote: MemRemote, tmp_path: Path, autojump_clock: object
+    remote: MemRemote, tmp_path: Path, patient_clock: object
 ) -> None:
-    # The clock jumps whenever every task waits, on a worker thread too: each file's
-    # times are taken around its own write, not assumed from the test's sleeps.
+    # Each file's times are taken around its own write, not assumed from the test's
+    # sleeps: its worker-thread hops may still let the clock jump.
     written: dict[str, tuple[float, float]] = {}
 
     async def write(name: str) -> None:

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +106,20 @@ class Uploader:
             self.schedule(node, self.write_back)
             return
         try:
-            await self.upload(node)
+            await self._attempt(node)
         except REFUSED:
-            await self.reject(node)
             raise
         except (StowfsError, OSError):
             # down, quota, key: may change; the bytes stay journaled and are retried
             self.schedule(node, self._next_backoff(node))
+            raise
+
+    async def _attempt(self, node: Node) -> None:
+        """upload(); one the remote refuses for good drops the change (reject), raising."""
+        try:
+            await self.upload(node)
+        except REFUSED:
+            await self.reject(node)
             raise
 
     def schedule(self, node: Node, delay: float) -> None:
@@ -345,7 +353,9 @@ class Uploader:
         try:
             async with self._parallel:
                 if node.staged is not None and node.staged.dirty:
-                    await self.upload(node)
+                    await self._attempt(node)
+        except REFUSED:
+            pass  # dropped: retrying would never do
         except (StowfsError, OSError) as exc:
             delay = self._next_backoff(node)
             log.warning(
@@ -364,36 +374,44 @@ class Uploader:
         for entry in self._orphans:
             try:
                 await self._resume(entry)
+            except REFUSED as exc:
+                await self._forget(entry, f"refused by the remote ({exc}); the change was not kept")
             except StowfsError as exc:
                 log.warning("journaled upload of %s/%s failed: %s", entry.folder, entry.name, exc)
                 left.append(entry)
         self._orphans = left
         return not left
 
+    async def _forget(self, entry: Entry, why: str) -> None:
+        """An earlier mount's upload that will never be: its parts, bytes and row go."""
+        log.error("journaled upload of %s/%s %s", entry.folder, entry.name, why)
+        if entry.progress is not None:
+            await self.remote.abort_upload(entry.progress.checkpoint)
+        await trio.to_thread.run_sync(partial(entry.staging.unlink, missing_ok=True))
+        await trio.to_thread.run_sync(self.journal.remove, entry.id)
+
     async def _resume(self, entry: Entry) -> None:
         if not await trio.to_thread.run_sync(entry.staging.exists):
-            log.error("journaled upload of %s/%s lost its staging file", entry.folder, entry.name)
-            if entry.progress is not None:
-                await self.remote.abort_upload(entry.progress.checkpoint)
-        else:
-            # Parts land in entry.progress's checkpoint itself: a second try resumes too.
-            new = await self._upload(
-                entry.staging,
-                entry.folder,
-                entry.name,
-                entry.metadata,
-                entry.progress,
-                entry.id,
-                lambda progress: None,
-                lambda: entry.metadata,
-            )
-            if self.drop_folder:
-                await trio.to_thread.run_sync(self.journal.add_drop, new)
-            if entry.replaces and entry.replaces != new.key:
-                await self._delete(entry.replaces)
-            await trio.to_thread.run_sync(entry.staging.unlink)
-            log.info("resumed upload of %s/%s", entry.folder, entry.name)
+            await self._forget(entry, "lost its staging file")
+            return
+        # Parts land in entry.progress's checkpoint itself: a second try resumes too.
+        new = await self._upload(
+            entry.staging,
+            entry.folder,
+            entry.name,
+            entry.metadata,
+            entry.progress,
+            entry.id,
+            lambda progress: None,
+            lambda: entry.metadata,
+        )
+        if self.drop_folder:
+            await trio.to_thread.run_sync(self.journal.add_drop, new)
+        if entry.replaces and entry.replaces != new.key:
+            await self._delete(entry.replaces)
+        await trio.to_thread.run_sync(entry.staging.unlink)
         await trio.to_thread.run_sync(self.journal.remove, entry.id)
+        log.info("resumed upload of %s/%s", entry.folder, entry.name)
         parent = self.tree.find_dir(entry.folder)
         if parent is not None:
             parent.listed_at = None  # show the resumed file
@@ -410,7 +428,9 @@ class Uploader:
         left = len(self._orphans)
         for node in self.pending_nodes():
             try:
-                await self.upload(node)
+                await self._attempt(node)
+            except REFUSED:
+                pass  # dropped, and said so
             except StowfsError as exc:
                 log.warning("upload of %s failed at unmount: %s", node.name, exc)
                 left += 1
