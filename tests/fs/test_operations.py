@@ -634,6 +634,42 @@ async def test_write_back_uploads_each_file_when_due(
         assert start + 5.0 <= remote.uploaded_at[name] <= end + 5.0 + 1.0, name
 
 
+async def test_a_write_while_an_upload_is_being_settled_is_kept(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """The upload done, its journal row is being removed (a worker thread) when the file
+    is written again and closed: the new bytes stay, journaled, and go up too. (The
+    state machine with a slow remote found this: they were discarded.)"""
+    import threading
+
+    async with mounted_ops(remote, tmp_path / "c", write_back=0.0) as fs:
+        removing, release = threading.Event(), threading.Event()
+        remove = fs.ops.journal.remove
+
+        def slow_remove(entry_id: int) -> None:
+            removing.set()
+            release.wait(10)
+            remove(entry_id)
+
+        fs.ops.journal.remove = slow_remove  # type: ignore[method-assign]
+        await fs.write_file("a", b"v1")
+        with trio.fail_after(10):
+            while not removing.is_set():
+                await trio.sleep(0.001)  # v1 is up; its row is on its way out
+        fh = await fs.open("a", os.O_RDWR)
+        await fs.ops.write(fh, 0, b"v2")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.close, fh)
+            await trio.sleep(0.01)
+            release.set()
+        assert await fs.read_file("a") == b"v2"
+        assert fs.ops.journal.pending() or remote.blobs[remote.by_path("a")[0].key] == b"v2"
+        with trio.fail_after(10):
+            while remote.blobs[remote.by_path("a")[0].key] != b"v2":
+                await trio.sleep(0.01)
+        fs.ops.journal.remove = remove  # type: ignore[method-assign]
+
+
 async def test_write_back_retries_and_catches_a_rewrite_made_while_uploading(
     remote: MemRemote, tmp_path: Path, autojump_clock: object
 ) -> None:

@@ -37,13 +37,14 @@ VALUES = st.recursive(
 
 class OpsMachine(RuleBasedStateMachine):
     WRITE_BACK: float | None = None  # upload on close
+    REMOTE: type[MemRemote] = MemRemote
 
     def __init__(self) -> None:
         super().__init__()
         self.files: dict[str, bytes] = {}
         self.meta: dict[str, dict[str, Any]] = {}  # user metadata (mtime aside)
         self.dirs: set[str] = {""}
-        self.remote = MemRemote()
+        self.remote = self.REMOTE()
         self.tmp = Path(tempfile.mkdtemp())
         ready = threading.Event()
         self._stop: trio.Event | None = None
@@ -202,10 +203,24 @@ class OpsMachine(RuleBasedStateMachine):
             assert {k: v for k, v in f.metadata.items() if k != "mtime"} == self.meta[f.path]
 
 
+class SlowRemote(MemRemote):
+    """Uploads and metadata patches that take a moment, as requests do: the next steps'
+    operations come while they are on their way."""
+
+    async def upload(self, *args: Any, **kw: Any) -> Any:
+        await trio.sleep(0.002)
+        return await super().upload(*args, **kw)
+
+    async def patch_metadata(self, *args: Any, **kw: Any) -> Any:
+        await trio.sleep(0.002)
+        return await super().patch_metadata(*args, **kw)
+
+
 class WriteBackMachine(OpsMachine):
     """The same, with uploads in the background racing the operations."""
 
     WRITE_BACK = 0.0
+    REMOTE = SlowRemote
 
 
 SETTINGS = settings(

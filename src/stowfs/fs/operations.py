@@ -236,9 +236,13 @@ class Operations(pyfuse3.Operations):
 
     async def _truncate(self, node: Node, size: int) -> None:
         self._check_size(size)
-        staged = await self._stage(node, keep=size)
-        await staged.truncate(size)
-        staged.touch(time.time())
+        node.opens += 1  # open meanwhile: an upload landing now keeps the staging file
+        try:
+            staged = await self._stage(node, keep=size)
+            await staged.truncate(size)
+            staged.touch(time.time())
+        finally:
+            node.opens -= 1
 
     # -- lookups and attributes ----------------------------------------------------------
     @handler

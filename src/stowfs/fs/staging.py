@@ -37,6 +37,7 @@ class Staged:
         self.progress: Progress | None = None  # an upload under way a failure interrupted
         self.uploading = False
         self.lock = trio.Lock()  # one upload at a time
+        self.journaling = trio.Lock()  # the journal row: one record or removal at a time
         # While every write has appended at the end (as cp does): the MD5 of bytes
         # [0, _hashed), fed off the write path (`follow`). None after any other write or
         # a truncate.

@@ -84,16 +84,24 @@ class Uploader:
         staged = node.staged
         if staged is None or not staged.pending:
             return
-        folder, name = self.tree.location(node)
-        staged.journal_id = await trio.to_thread.run_sync(
-            self.journal.record,
-            staged.journal_id,
-            staged.path,
-            folder,
-            name,
-            node.file.key if node.file else None,
-            self.metadata_of(staged),
-        )
+        async with staged.journaling:  # one row per file, even for records at once
+            folder, name = self.tree.location(node)
+            staged.journal_id = await trio.to_thread.run_sync(
+                self.journal.record,
+                staged.journal_id,
+                staged.path,
+                folder,
+                name,
+                node.file.key if node.file else None,
+                self.metadata_of(staged),
+            )
+
+    async def _unjournal(self, staged: Staged) -> None:
+        """Remove the row once nothing is pending: a change made meanwhile keeps it."""
+        async with staged.journaling:
+            if staged.journal_id is not None and not staged.dirty:
+                await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
+                staged.journal_id = None
 
     async def commit(self, node: Node) -> None:
         """Called on close: upload now (errors raised) or schedule it (write-back)."""
@@ -137,7 +145,7 @@ class Uploader:
         log.error("upload of %s refused by the remote; the change was not kept", node.name)
         if node.file is None:
             self.tree.detach(node, notify=True)
-        elif node.opens == 0:
+        elif node.opens == 0 and not staged.dirty:
             node.staged = None
             staged.discard()
 
@@ -156,9 +164,7 @@ class Uploader:
         if staged.progress is not None:
             await self.remote.abort_upload(staged.progress.checkpoint)
             staged.progress = None
-        if staged.journal_id is not None:
-            await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
-            staged.journal_id = None
+        await self._unjournal(staged)
 
     async def upload(self, node: Node) -> None:
         staged = node.staged
@@ -180,10 +186,9 @@ class Uploader:
         if not staged.dirty:
             self._due.pop(node, None)
             self._backoff.pop(node, None)
-            if staged.journal_id is not None:
-                await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
-                staged.journal_id = None
-            if node.opens == 0 and node.staged is staged:
+            await self._unjournal(staged)
+            # a write, a truncate may have come during that: then the bytes stay
+            if not staged.dirty and node.opens == 0 and node.staged is staged:
                 node.staged = None
                 staged.discard()
             self.tree.reap(node)
