@@ -670,6 +670,77 @@ async def test_a_write_while_an_upload_is_being_settled_is_kept(
         fs.ops.journal.remove = remove  # type: ignore[method-assign]
 
 
+async def test_an_upload_that_landed_settles_even_if_cancelled(fs: FS, remote: MemRemote) -> None:
+    """Cancelled (an unmount) while the object it replaces is being deleted: the delete
+    still happens, and the journal row goes (else the next mount uploads it again)."""
+    remote.put("", "a", b"v1")
+    deleting, gate = trio.Event(), trio.Event()
+    delete = remote.delete
+
+    async def slow_delete(key: str) -> None:
+        deleting.set()
+        await gate.wait()
+        await delete(key)
+
+    remote.delete = slow_delete  # type: ignore[method-assign]
+    fh = await fs.open("a", os.O_WRONLY | os.O_TRUNC)
+    await fs.ops.write(fh, 0, b"v2")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.close, fh)
+        await deleting.wait()
+        nursery.cancel_scope.cancel()
+        gate.set()
+    assert [remote.blobs[f.key] for f in remote.by_path("a")] == [b"v2"]
+    assert fs.ops.journal.pending() == []
+
+
+async def test_a_rewrite_journaled_during_an_upload_replaces_what_that_upload_stored(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """v2 is written while v1 (replacing v0) is on its way; v1 lands, v2 cannot go: the
+    journal row must name v1 as the object v2 replaces, so that the next mount, after a
+    crash, deletes it (not only v0, gone already)."""
+    remote.put("", "a", b"v0")
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache) as fs:
+        entered, gate = trio.Event(), trio.Event()
+        upload = remote.upload
+
+        async def first_waits_then_down(*args: Any, **kw: Any) -> RemoteFile:
+            if entered.is_set():
+                raise Unavailable("down", status=503)
+            entered.set()
+            await gate.wait()
+            return await upload(*args, **kw)
+
+        remote.upload = first_waits_then_down  # type: ignore[method-assign]
+        fh = await fs.open("a", os.O_WRONLY | os.O_TRUNC)
+        await fs.ops.write(fh, 0, b"v1")
+
+        async def close_fails() -> None:
+            with pytest.raises(pyfuse3.FUSEError):
+                await fs.ops.flush(fh)  # v1 lands; v2, due at once after it, cannot go
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_fails)
+            await entered.wait()
+            await fs.ops.write(fh, 0, b"v2")  # a second writer's close journals it now
+            await fs.ops.uploader.record(fs.ops.tree.nodes[await fs.resolve("a")])
+            gate.set()
+        # as a crash now would leave it: the row replaces what the first upload stored
+        [stored] = remote.by_path("a")
+        assert [e.replaces for e in fs.ops.journal.pending()] == [stored.key]
+        remote.down = True
+        with pytest.raises(pyfuse3.FUSEError):
+            await fs.close(fh)
+    remote.down = False
+    remote.upload = upload  # type: ignore[method-assign]
+    async with mounted_ops(remote, cache):
+        with trio.fail_after(5):
+            while [remote.blobs[f.key] for f in remote.by_path("a")] != [b"v2"]:
+                await trio.sleep(0.01)
+
+
 async def test_write_back_retries_and_catches_a_rewrite_made_while_uploading(
     remote: MemRemote, tmp_path: Path, autojump_clock: object
 ) -> None:

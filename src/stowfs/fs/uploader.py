@@ -179,7 +179,14 @@ class Uploader:
                 finally:
                     staged.uploading = False
                 staged.uploaded = generation
-                await self._swap(node, new)
+                # Landed: the tree, the replaced object and the journal must agree, even if
+                # an unmount cancels us now (the old object would stay as a duplicate).
+                with trio.CancelScope(shield=True):
+                    await self._swap(node, new)
+                    if staged.dirty:  # rewritten meanwhile: the row replaces this one now
+                        await self.record(node)
+                    else:
+                        await self._unjournal(staged)
         if not node.attached and node.file is not None:
             # unlinked while its upload ran: the object must not survive the unlink
             await self._delete(node.file.key)
