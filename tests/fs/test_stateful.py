@@ -204,8 +204,8 @@ class OpsMachine(RuleBasedStateMachine):
 
 
 class SlowRemote(MemRemote):
-    """Uploads and metadata patches that take a moment, as requests do: the next steps'
-    operations come while they are on their way."""
+    """Uploads, metadata patches, deletes and moves that take a moment, as requests do:
+    the next steps' operations come while they are on their way."""
 
     async def upload(self, *args: Any, **kw: Any) -> Any:
         await trio.sleep(0.002)
@@ -214,6 +214,14 @@ class SlowRemote(MemRemote):
     async def patch_metadata(self, *args: Any, **kw: Any) -> Any:
         await trio.sleep(0.002)
         return await super().patch_metadata(*args, **kw)
+
+    async def delete(self, *args: Any, **kw: Any) -> Any:
+        await trio.sleep(0.002)
+        return await super().delete(*args, **kw)
+
+    async def move(self, *args: Any, **kw: Any) -> Any:
+        await trio.sleep(0.002)
+        return await super().move(*args, **kw)
 
 
 class WriteBackMachine(OpsMachine):

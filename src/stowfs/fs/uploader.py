@@ -64,6 +64,8 @@ class Uploader:
         self._backoff: dict[Node, float] = {}
         self._orphans: list[Entry] = []  # journal rows of an earlier mount
         self._active: set[Node] = set()  # uploading in the background now
+        self._quiet = trio.Event()  # set while nothing uploads in the background
+        self._quiet.set()
         self._parallel = trio.CapacityLimiter(PARALLEL)
         self._wake = trio.Event()
 
@@ -353,6 +355,8 @@ class Uploader:
                         continue  # stale, or uploading now: it comes back when that ends
                     del self._due[node]
                     self._active.add(node)
+                    if self._quiet.is_set():
+                        self._quiet = trio.Event()
                     nursery.start_soon(self._background, node)
                 wait = (self._heap[0][0] if self._heap else math.inf) - trio.current_time()
                 if self._orphans:
@@ -376,6 +380,8 @@ class Uploader:
             self._due[node] = trio.current_time() + delay
         finally:
             self._active.discard(node)
+            if not self._active:
+                self._quiet.set()
             if node in self._due:  # a retry, or scheduled again while it was uploading
                 heapq.heappush(self._heap, (self._due[node], next(self._order), node))
             self._wake.set()
@@ -434,6 +440,7 @@ class Uploader:
 
     async def drain(self) -> int:
         """Upload everything pending now; returns how many stay journaled."""
+        await self._quiet.wait()  # the uploads under way end first (their swaps too)
         for node in self.pending_nodes():
             await self.record(node)
         await self._resume_orphans()
