@@ -589,17 +589,17 @@ async def test_write_back_uploads_in_background(
         assert [f.name for f in remote.files.values()] == ["a"]
 
 
-def gate_uploads(remote: MemRemote) -> tuple[trio.Event, trio.Event]:
-    """From now on an upload sets `entered`, then waits for `gate` to be set."""
+def gated(remote: MemRemote, method: str) -> tuple[trio.Event, trio.Event]:
+    """From now on a call of `method` sets `entered`, then waits for `gate` to be set."""
     entered, gate = trio.Event(), trio.Event()
-    upload = remote.upload
+    call = getattr(remote, method)
 
-    async def slow_upload(*args: object, **kw: object) -> object:
+    async def waiting(*args: object, **kw: object) -> object:
         entered.set()
         await gate.wait()
-        return await upload(*args, **kw)  # type: ignore[arg-type]
+        return await call(*args, **kw)
 
-    remote.upload = slow_upload  # type: ignore[method-assign]
+    setattr(remote, method, waiting)
     return entered, gate
 
 
@@ -674,15 +674,7 @@ async def test_an_upload_that_landed_settles_even_if_cancelled(fs: FS, remote: M
     """Cancelled (an unmount) while the object it replaces is being deleted: the delete
     still happens, and the journal row goes (else the next mount uploads it again)."""
     remote.put("", "a", b"v1")
-    deleting, gate = trio.Event(), trio.Event()
-    delete = remote.delete
-
-    async def slow_delete(key: str) -> None:
-        deleting.set()
-        await gate.wait()
-        await delete(key)
-
-    remote.delete = slow_delete  # type: ignore[method-assign]
+    deleting, gate = gated(remote, "delete")
     fh = await fs.open("a", os.O_WRONLY | os.O_TRUNC)
     await fs.ops.write(fh, 0, b"v2")
     async with trio.open_nursery() as nursery:
@@ -752,7 +744,7 @@ async def test_write_back_retries_and_catches_a_rewrite_made_while_uploading(
         assert remote.calls["upload"] == 1
         assert not remote.files
         remote.down = False
-        entered, gate = gate_uploads(remote)
+        entered, gate = gated(remote, "upload")
         with trio.fail_after(60):
             await entered.wait()  # the retry is in flight
         await fs.write_file("a", b"v2")  # scheduled again while it uploads
@@ -873,7 +865,7 @@ async def test_a_change_feed_that_lost_track_lists_the_loaded_folders_again(
 
 async def test_rename_waits_for_an_upload_in_flight(fs: FS, remote: MemRemote) -> None:
     remote.put("", "a", b"old")
-    entered, gate = gate_uploads(remote)
+    entered, gate = gated(remote, "upload")
     fh = await fs.open("a", os.O_WRONLY | os.O_TRUNC)
     await fs.ops.write(fh, 0, b"new")
     async with trio.open_nursery() as nursery:
@@ -892,7 +884,7 @@ async def test_metadata_set_while_the_upload_is_in_flight_is_kept(
     """setfattr, setfattr -x or touch while the file's upload is on its way (a close
     still waiting, a write-back upload): the object ends up with them."""
     remote.put("", "a", b"old", {"gone": "x", "kept": "y"})
-    entered, gate = gate_uploads(remote)
+    entered, gate = gated(remote, "upload")
     fh = await fs.open("a", os.O_WRONLY | os.O_TRUNC)
     await fs.ops.write(fh, 0, b"new")
     async with trio.open_nursery() as nursery:
@@ -911,16 +903,8 @@ async def test_metadata_set_while_the_upload_is_in_flight_is_kept(
 async def test_metadata_set_while_it_is_patched_after_an_upload_is_kept(
     fs: FS, remote: MemRemote
 ) -> None:
-    entered, gate = gate_uploads(remote)
-    patching, patched = trio.Event(), trio.Event()
-    patch_metadata = remote.patch_metadata
-
-    async def slow_patch(key: str, patch: Mapping[str, Any]) -> RemoteFile:
-        patching.set()
-        await patched.wait()
-        return await patch_metadata(key, patch)
-
-    remote.patch_metadata = slow_patch  # type: ignore[method-assign]
+    entered, gate = gated(remote, "upload")
+    patching, patched = gated(remote, "patch_metadata")
     fh = await fs.open("a", os.O_WRONLY | os.O_CREAT)
     await fs.ops.write(fh, 0, b"x")
     async with trio.open_nursery() as nursery:
