@@ -44,7 +44,9 @@ class OpsMachine(RuleBasedStateMachine):
         self.files: dict[str, bytes] = {}
         self.meta: dict[str, dict[str, Any]] = {}  # user metadata (mtime aside)
         self.dirs: set[str] = {""}
+        self.theirs: list[str] = []  # files another client made (feed-shown names)
         self.remote = self.REMOTE()
+        self.seen = 0  # of the remote's change log: what the feed has given so far
         self.tmp = Path(tempfile.mkdtemp())
         ready = threading.Event()
         self._stop: trio.Event | None = None
@@ -177,6 +179,31 @@ class OpsMachine(RuleBasedStateMachine):
             self.run(lambda fs: fs.setxattr(path, name, xattrs.encode(value)))
             self.meta[path][key] = value
 
+    @rule(data=st.data(), content=DATA)
+    def elsewhere(self, data: st.DataObject, content: bytes) -> None:
+        """Another client uploads, edits the metadata of or deletes a file; the change
+        feed's news since the last poll is applied (our own changes are in it too)."""
+        mine = [p for p in self.theirs if p in self.files]
+        what = data.draw(st.sampled_from(["put", "patch", "delete"] if mine else ["put"]))
+        if what == "put":
+            path = self.join(self.folder(data), f"x{len(self.theirs)}")
+            if self.taken(path):
+                return
+            self.remote.put(path.rpartition("/")[0], path.rpartition("/")[2], content)
+            self.theirs.append(path)
+            self.files[path], self.meta[path] = content, {}
+        else:
+            path = data.draw(st.sampled_from(mine))
+            [f] = self.remote.by_path(path)
+            if what == "patch":
+                self.run(lambda fs: self.remote.patch_metadata(f.key, {"seed": len(content)}))
+                self.meta[path]["seed"] = len(content)
+            else:
+                self.run(lambda fs: self.remote.delete(f.key))
+                del self.files[path], self.meta[path]
+        news, self.seen = self.remote.log[self.seen :], len(self.remote.log)
+        self.run(lambda fs: _absorb(fs, news))
+
     # -- invariants --------------------------------------------------------------------
     @invariant()
     def matches_model(self) -> None:
@@ -201,6 +228,10 @@ class OpsMachine(RuleBasedStateMachine):
         assert remote == self.files
         for f in self.remote.files.values():
             assert {k: v for k, v in f.metadata.items() if k != "mtime"} == self.meta[f.path]
+
+
+async def _absorb(fs: FS, changes: list[Any]) -> None:
+    fs.ops.tree.absorb(changes, trio.current_time())
 
 
 class SlowRemote(MemRemote):
