@@ -84,9 +84,11 @@ class Uploader:
     async def record(self, node: Node) -> None:
         """Journal a node's pending upload (or update where it goes)."""
         staged = node.staged
-        if staged is None or not staged.pending:
+        if staged is None:
             return
         async with staged.journaling:  # one row per file, even for records at once
+            if not staged.pending:  # (also: an upload landed and its row went meanwhile)
+                return
             folder, name = self.tree.location(node)
             staged.journal_id = await trio.to_thread.run_sync(
                 self.journal.record,
@@ -195,9 +197,7 @@ class Uploader:
         if not staged.dirty:
             self._due.pop(node, None)
             self._backoff.pop(node, None)
-            await self._unjournal(staged)
-            # a write, a truncate may have come during that: then the bytes stay
-            if not staged.dirty and node.opens == 0 and node.staged is staged:
+            if node.opens == 0 and node.staged is staged:
                 node.staged = None
                 staged.discard()
             self.tree.reap(node)
