@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trio.testing
 
 from tests.fs.harness import FS, mounted_ops
 from tests.fs.memremote import MemRemote
@@ -31,3 +32,10 @@ def mount(live_server: LiveServer, tmp_path: Path) -> Iterator[Mount]:
         yield m
     finally:
         m.unmount()
+
+
+@pytest.fixture
+def patient_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps once every task has waited 0.1 s of real time: not while
+    a worker thread runs, as the autojump clock does (under load, by seconds)."""
+    return trio.testing.MockClock(autojump_threshold=0.1)

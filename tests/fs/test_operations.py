@@ -125,7 +125,7 @@ async def test_refused_upload_reaches_close(fs: FS, remote: MemRemote) -> None:
 
 
 async def test_an_upload_refused_in_the_background_is_dropped_not_retried(
-    remote: MemRemote, tmp_path: Path, autojump_clock: object
+    remote: MemRemote, tmp_path: Path, patient_clock: object
 ) -> None:
     """Write-back, or an earlier mount's journal: the remote refuses the bytes for good
     (a drop folder given a non-image, say): retrying every few minutes forever would
@@ -133,7 +133,6 @@ async def test_an_upload_refused_in_the_background_is_dropped_not_retried(
     cache = tmp_path / "cache"
 
     async def settled(fs: FS) -> None:
-        # The autojump clock also jumps while a worker thread runs: polls, not a time.
         for _ in range(10_000):
             if not fs.ops.journal.pending():
                 break
@@ -601,13 +600,6 @@ def gated(remote: MemRemote, method: str) -> tuple[trio.Event, trio.Event]:
 
     setattr(remote, method, waiting)
     return entered, gate
-
-
-@pytest.fixture
-def patient_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps once every task has waited 0.1 s of real time: not while
-    a worker thread runs, as the autojump clock does (under load, by seconds)."""
-    return trio.testing.MockClock(autojump_threshold=0.1)
 
 
 async def test_write_back_uploads_each_file_when_due(

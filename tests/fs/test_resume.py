@@ -115,8 +115,7 @@ async def write_back_to_front(fs: FS, path: str) -> None:
 
 
 async def retried(remote: MemRemote, path: str) -> None:
-    """Until the retry stored `path`. The autojump clock also jumps while a worker
-    thread runs: a count of polls bounds the wait, not a time."""
+    """Until the retry stored `path` (a count of polls bounds the wait)."""
     for _ in range(10_000):
         if remote.by_path(path):
             return
@@ -130,7 +129,7 @@ def stored(remote: MemRemote, path: str) -> RemoteFile:
 
 
 async def test_an_upload_a_failure_interrupted_goes_on_from_its_last_part(
-    remote: ResumableRemote, tmp_path: Path, autojump_clock: object
+    remote: ResumableRemote, tmp_path: Path, patient_clock: object
 ) -> None:
     remote.fail_after = 3
     async with mounted_ops(remote, tmp_path / "cache") as fs:
@@ -209,7 +208,7 @@ async def test_parts_streamed_while_the_file_was_written_survive_a_crash(
 
 
 async def test_an_upload_begun_for_another_name_starts_over(
-    remote: ResumableRemote, tmp_path: Path, autojump_clock: object
+    remote: ResumableRemote, tmp_path: Path, patient_clock: object
 ) -> None:
     """Completing it would store the object under the old name: its parts are released
     and the bytes go up anew to the new one."""
