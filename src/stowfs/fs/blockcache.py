@@ -7,7 +7,9 @@ than a block, and read-ahead lands here first). Disk I/O runs in worker threads.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -16,11 +18,25 @@ import trio
 
 from ..remote.base import RemoteFile
 
+log = logging.getLogger(__name__)
+
 Buffer = bytes | memoryview  # block data: views of cached blocks, or bytes read
 
 SCAN_FRACTION = 4
 WRITE_BACKLOG = 4  # blocks waiting for the disk
 MEMORY_BLOCKS = 80  # above the largest read-ahead window, so read-ahead stays in memory
+# Cached blocks leave this much of the disk free, for staging files and the journal:
+# a tenth of it, at most 1 GiB.
+RESERVE_FRACTION = 10
+RESERVE_MAX = 1 << 30
+
+
+def shortfall(directory: Path, size: int) -> int:
+    """How many bytes must go for `size` more to fit on `directory`'s disk above the
+    reserve."""
+    st = os.statvfs(directory)
+    reserve = min(st.f_blocks * st.f_frsize // RESERVE_FRACTION, RESERVE_MAX)
+    return max(0, size + reserve - st.f_bavail * st.f_frsize)
 
 
 def version_id(file: RemoteFile) -> str:
@@ -114,13 +130,24 @@ class BlockCache:
         def write() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
+            try:
+                tmp.write_bytes(data)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
             os.replace(tmp, path)
 
         self._writing[(vid, index)] = data
         try:
             async with self._writers:
+                short = await trio.to_thread.run_sync(shortfall, self.directory, len(data))
+                if short and await self.free(short) < short:
+                    return  # the disk is full of other things: the block is not kept
                 await trio.to_thread.run_sync(write)
+        except OSError as exc:
+            level = logging.INFO if exc.errno == errno.ENOSPC else logging.WARNING
+            log.log(level, "a block is not cached: %s", exc)
+            return
         finally:
             del self._writing[(vid, index)]
         self._forget(path)
@@ -139,11 +166,19 @@ class BlockCache:
         if size is not None:
             self._total -= size
 
-    async def _evict(self) -> None:
-        victims = []
-        while self._total > self.max_bytes and self._lru:
+    async def free(self, size: int) -> int:
+        """Evict least recently used blocks of at least `size` bytes in all (a staging
+        file needs the disk); returns how many bytes went."""
+        return await self._evict(max(0, min(self._total - size, self.max_bytes)))
+
+    async def _evict(self, keep: int | None = None) -> int:
+        """Evict down to `keep` bytes (the size limit by default); returns bytes freed."""
+        limit = self.max_bytes if keep is None else keep
+        victims, freed = [], 0
+        while self._total > limit and self._lru:
             path, size = self._lru.popitem(last=False)
             self._total -= size
+            freed += size
             victims.append(path)
         if victims:
 
@@ -152,3 +187,4 @@ class BlockCache:
                     path.unlink(missing_ok=True)
 
             await trio.to_thread.run_sync(unlink)
+        return freed

@@ -11,10 +11,13 @@ Methods are synchronous: callers run them with trio.to_thread.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,20 @@ CREATE TABLE IF NOT EXISTS drops (
     record TEXT NOT NULL
 );
 """
+
+
+class JournalError(OSError):
+    """A journal write failed: ENOSPC when the disk is full, else EIO."""
+
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        number = errno.ENOSPC if code == sqlite3.SQLITE_FULL else errno.EIO
+        raise JournalError(number, f"the upload journal: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -107,7 +124,7 @@ class Journal:
     ) -> int:
         """Insert or update the row of one pending upload; returns its id."""
         row = (str(staging), folder, name, replaces, json.dumps(metadata))
-        with self._lock:
+        with self._lock, _writing():
             if entry_id is None:
                 cur = self._conn.execute(
                     "INSERT INTO uploads (staging, folder, name, replaces, metadata)"
@@ -123,14 +140,15 @@ class Journal:
             return entry_id
 
     def save_progress(self, entry_id: int, progress: Progress) -> None:
-        with self._lock:
+        with self._lock, _writing():
             self._conn.execute(
                 "UPDATE uploads SET resume=? WHERE id=?", (progress.to_json(), entry_id)
             )
 
-    def remove(self, entry_id: int) -> None:
-        with self._lock:
-            self._conn.execute("DELETE FROM uploads WHERE id=?", (entry_id,))
+    def remove(self, entry_id: int) -> int:
+        """Remove a row; returns how many went (0: none had that id)."""
+        with self._lock, _writing():
+            return self._conn.execute("DELETE FROM uploads WHERE id=?", (entry_id,)).rowcount
 
     def pending(self) -> list[Entry]:
         with self._lock:
@@ -168,14 +186,14 @@ class Journal:
             "url": file.url,
             "url_expires": file.url_expires,
         }
-        with self._lock:
+        with self._lock, _writing():
             self._conn.execute(
                 "INSERT OR REPLACE INTO drops (key, record) VALUES (?, ?)",
                 (file.key, json.dumps(record)),
             )
 
     def remove_drop(self, key: str) -> None:
-        with self._lock:
+        with self._lock, _writing():
             self._conn.execute("DELETE FROM drops WHERE key=?", (key,))
 
     def drops(self) -> list[RemoteFile]:

@@ -41,6 +41,7 @@ FUSEError = pyfuse3.FUSEError
 NAME_MAX = 255
 _USER = xattrs.USER.encode()
 USAGE_TTL = 5.0
+ROOM = 64 * 1024 * 1024  # cached blocks given up at once when staging fills the disk
 
 
 @dataclass
@@ -224,7 +225,7 @@ class Operations(pyfuse3.Operations):
                 seq = ReadState()
                 for offset in range(0, want, step):
                     chunk = await self.reader.read(old, offset, min(step, want - offset), seq)
-                    await staged.write(offset, chunk)
+                    await self._write_staged(staged, offset, chunk)
         except BaseException:
             staged.discard()
             raise
@@ -450,10 +451,19 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.EBADF)
         self._check_size(off + len(buf))
         staged = await self._stage(handle.node)
-        n = await staged.write(off, buf)
+        n = await self._write_staged(staged, off, buf)
         staged.touch(time.time())
         self.uploader.wrote(handle.node)
         return n
+
+    async def _write_staged(self, staged: Staged, offset: int, data: bytes | memoryview) -> int:
+        """Write to a staging file; on a full disk, cached blocks make room first."""
+        try:
+            return await staged.write(offset, data)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not await self.cache.free(len(data) + ROOM):
+                raise
+        return await staged.write(offset, data)
 
     @handler
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
@@ -496,7 +506,7 @@ class Operations(pyfuse3.Operations):
                     await self.remote.delete(node.file.key)
             self.tree.deleted(node.file.key)
             if not self.caps.list:  # a drop folder forgets it (the remote may keep it)
-                await trio.to_thread.run_sync(self.journal.remove_drop, node.file.key)
+                await self.uploader.journaled(node.name, self.journal.remove_drop, node.file.key)
         await self.uploader.cancel(node)
         self.tree.detach(node)
 
@@ -554,7 +564,7 @@ class Operations(pyfuse3.Operations):
             self.tree.own(node, await self.remote.move(node.file, folder, new_name))
         elif node.file is not None:  # a drop folder: renamed in our own record only
             self.tree.own(node, dataclasses.replace(node.file, name=new_name))
-            await trio.to_thread.run_sync(self.journal.add_drop, node.file)
+            await self.uploader.journaled(new_name, self.journal.add_drop, node.file)
         self.tree.move(node, new_parent, new_name)
         await self.uploader.record(node)  # a staged file is renamed locally
 

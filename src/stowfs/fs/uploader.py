@@ -19,14 +19,14 @@ import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ..errors import InvalidRequest, NotFound, StowfsError, TooLarge, UnsupportedMediaType
 from ..remote.base import Remote, RemoteFile, UploadCheckpoint
 from . import staging
-from .journal import Entry, Journal, Progress
+from .journal import Entry, Journal, JournalError, Progress
 from .staging import Spawn, Staged
 from .streaming import Streamer
 from .tree import Node, Tree
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 REFUSED = (TooLarge, UnsupportedMediaType, InvalidRequest)
 MAX_BACKOFF = 300.0
 PARALLEL = 8  # background uploads at a time
+T = TypeVar("T")
 
 
 class Uploader:
@@ -81,16 +82,27 @@ class Uploader:
                 staged, lambda: (*self.tree.location(node), self.metadata_of(staged))
             )
 
-    async def record(self, node: Node) -> None:
-        """Journal a node's pending upload (or update where it goes)."""
+    async def journaled(self, what: str, fn: Callable[..., T], *args: Any) -> T | None:
+        """Run a journal write. One that fails (the cache disk is full) is logged, not
+        raised: the change stands in memory; only a crash before its upload loses it."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except JournalError as exc:
+            log.warning("%s: not journaled: %s", what, exc)
+            return None
+
+    async def record(self, node: Node) -> bool:
+        """Journal a node's pending upload (or update where it goes); False if the
+        journal could not be written."""
         staged = node.staged
         if staged is None:
-            return
+            return True
         async with staged.journaling:  # one row per file, even for records at once
             if not staged.pending:  # (also: an upload landed and its row went meanwhile)
-                return
+                return True
             folder, name = self.tree.location(node)
-            staged.journal_id = await trio.to_thread.run_sync(
+            entry_id = await self.journaled(
+                node.name,
                 self.journal.record,
                 staged.journal_id,
                 staged.path,
@@ -99,24 +111,35 @@ class Uploader:
                 node.file.key if node.file else None,
                 self.metadata_of(staged),
             )
+            if entry_id is None:
+                return False
+            staged.journal_id = entry_id
+            return True
 
     async def _unjournal(self, staged: Staged) -> None:
-        """Remove the row once nothing is pending: a change made meanwhile keeps it."""
+        """Remove the row once nothing is pending: a change made meanwhile keeps it. A row
+        that cannot be removed stays this file's (the next change updates it); the next
+        mount drops it once its staging file is gone."""
         async with staged.journaling:
             if staged.journal_id is not None and not staged.dirty:
-                await trio.to_thread.run_sync(self.journal.remove, staged.journal_id)
-                staged.journal_id = None
+                removed = await self.journaled(
+                    "an upload done", self.journal.remove, staged.journal_id
+                )
+                if removed is not None:
+                    staged.journal_id = None
 
     async def commit(self, node: Node) -> None:
         """Called on close: upload now (errors raised) or schedule it (write-back)."""
         staged = node.staged
         if staged is None or not staged.dirty:
             return
-        await self.record(node)
+        journaled = await self.record(node)
         await self._journal_stream(staged, self.streamer.progress(staged))
-        if self.write_back is not None:
+        if self.write_back is not None and journaled:
             self.schedule(node, self.write_back)
             return
+        if self.write_back is not None:
+            log.warning("%s: uploading at close: a crash would lose it unjournaled", node.name)
         try:
             await self._attempt(node)
         except REFUSED:
@@ -253,7 +276,7 @@ class Uploader:
             progress = Progress(folder, name, begun_with, cp)
             remember(progress)
             if entry_id is not None:
-                await trio.to_thread.run_sync(self.journal.save_progress, entry_id, progress)
+                await self.journaled(name, self.journal.save_progress, entry_id, progress)
 
         new = await self.remote.upload(
             source, folder, name, metadata, checkpoint=checkpoint, on_checkpoint=on_checkpoint
@@ -277,7 +300,9 @@ class Uploader:
             growing=False,
         )
         journaled = dataclasses.replace(progress, checkpoint=cp)
-        await trio.to_thread.run_sync(self.journal.save_progress, staged.journal_id, journaled)
+        await self.journaled(
+            progress.name, self.journal.save_progress, staged.journal_id, journaled
+        )
 
     async def _patch_since(
         self, new: RemoteFile, sent: dict[str, Any], wanted: Callable[[], dict[str, Any]]
@@ -309,7 +334,7 @@ class Uploader:
         if kept or node.kernel_version is None:
             node.kernel_version = node.version  # the kernel holds exactly these bytes
         if self.drop_folder:
-            await trio.to_thread.run_sync(self.journal.add_drop, new)
+            await self.journaled(new.name, self.journal.add_drop, new)
         if old is not None and old.key != new.key:
             await self._delete(old.key)
 
@@ -317,7 +342,7 @@ class Uploader:
         """Delete a replaced object; a write-only remote keeps it, our record drops it."""
         self.tree.deleted(key)
         if self.drop_folder:
-            await trio.to_thread.run_sync(self.journal.remove_drop, key)
+            await self.journaled(key, self.journal.remove_drop, key)
         if not self.remote.capabilities.delete:
             return
         with contextlib.suppress(NotFound):
@@ -406,7 +431,7 @@ class Uploader:
         if entry.progress is not None:
             await self.remote.abort_upload(entry.progress.checkpoint)
         await trio.to_thread.run_sync(partial(entry.staging.unlink, missing_ok=True))
-        await trio.to_thread.run_sync(self.journal.remove, entry.id)
+        await self.journaled(entry.name, self.journal.remove, entry.id)
 
     async def _resume(self, entry: Entry) -> None:
         if not await trio.to_thread.run_sync(entry.staging.exists):
@@ -424,11 +449,11 @@ class Uploader:
             lambda: entry.metadata,
         )
         if self.drop_folder:
-            await trio.to_thread.run_sync(self.journal.add_drop, new)
+            await self.journaled(new.name, self.journal.add_drop, new)
         if entry.replaces and entry.replaces != new.key:
             await self._delete(entry.replaces)
         await trio.to_thread.run_sync(entry.staging.unlink)
-        await trio.to_thread.run_sync(self.journal.remove, entry.id)
+        await self.journaled(entry.name, self.journal.remove, entry.id)
         log.info("resumed upload of %s/%s", entry.folder, entry.name)
         parent = self.tree.find_dir(entry.folder)
         if parent is not None:
