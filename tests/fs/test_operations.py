@@ -27,6 +27,7 @@ from stowfs.errors import (
 )
 from stowfs.fs.journal import Journal
 from stowfs.fs.names import disambiguated
+from stowfs.fs.tree import ROOT
 from stowfs.remote.base import Change, RemoteFile, UploadCheckpoint
 from tests.fs.harness import CTX, FS, mounted_ops, read_entries, setattr_
 from tests.fs.memremote import CAPS, MemRemote
@@ -588,15 +589,17 @@ async def test_write_back_uploads_in_background(
         assert [f.name for f in remote.files.values()] == ["a"]
 
 
-def gated(remote: MemRemote, method: str) -> tuple[trio.Event, trio.Event]:
-    """From now on a call of `method` sets `entered`, then waits for `gate` to be set."""
+def gated(remote: MemRemote, method: str, *, done: bool = False) -> tuple[trio.Event, trio.Event]:
+    """From now on a call of `method` sets `entered`, then waits for `gate` to be set;
+    `done`: the call is made first (its answer waits)."""
     entered, gate = trio.Event(), trio.Event()
     call = getattr(remote, method)
 
     async def waiting(*args: object, **kw: object) -> object:
+        result = await call(*args, **kw) if done else None
         entered.set()
         await gate.wait()
-        return await call(*args, **kw)
+        return result if done else await call(*args, **kw)
 
     setattr(remote, method, waiting)
     return entered, gate
@@ -999,3 +1002,37 @@ async def test_a_streamed_upload_completes_with_the_md5_of_every_byte_written(
         await fs.close(fh)
     assert remote.parts_sent  # it did stream
     assert remote.completed_md5 == [hashlib.md5(data).hexdigest()]
+
+
+@pytest.mark.parametrize("what", ["folder", "file"])
+async def test_news_of_a_rename_under_way_leave_it_be(fs: FS, remote: MemRemote, what: str) -> None:
+    """The change feed (or a listing) seen while a rename is half done on the remote
+    shows it half done: a folder's files moved but not the folder, say. The rename
+    finishes as it began, and the tree ends as the remote is."""
+    await fs.mkdir("dir")
+    await fs.write_file("dir/b", b"bb")
+    await fs.write_file("dir/c", b"cc")
+    tree = fs.ops.tree
+    start = len(remote.log)
+    entered, gate = gated(remote, "rmdir" if what == "folder" else "move", done=True)
+    old, new = ("dir", "moved") if what == "folder" else ("dir/b", "dir/moved")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.rename, old, new)
+        await entered.wait()
+        tree.absorb(remote.log[start:], trio.current_time())
+        for folder in ("", "dir"):
+            await tree.refresh(tree.nodes[await fs.resolve(folder)], force=True)
+        gate.set()
+    expected = {"moved": {"b": b"bb", "c": b"cc"}}
+    if what == "file":
+        expected = {"dir": {"c": b"cc", "moved": b"bb"}}
+    assert await fs.listdir() == sorted(expected)
+    for folder, files in expected.items():
+        assert await fs.listdir(folder) == sorted(files)
+        for name, data in files.items():
+            assert await fs.read_file(f"{folder}/{name}") == data
+        await tree.refresh(tree.nodes[await fs.resolve(folder)], force=True)
+        assert await fs.listdir(folder) == sorted(files)
+    for node in tree.nodes.values():  # each node is one entry, none left over
+        assert node.attached
+        assert node.inode == ROOT or tree.nodes[node.parent].children[node.name] == node.inode

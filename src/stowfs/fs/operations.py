@@ -544,11 +544,13 @@ class Operations(pyfuse3.Operations):
             async with contextlib.AsyncExitStack() as stack:
                 for child in self.tree.walk(node):
                     await self._settle(child, stack)
-                await self._move_folder(node, new_parent, new_name)
+                with self.tree.holding(node):
+                    await self._move_folder(node, new_parent, new_name)
             return
         async with contextlib.AsyncExitStack() as stack:
             await self._settle(node, stack)
-            await self._move_file(node, new_parent, new_name)
+            with self.tree.holding(node):
+                await self._move_file(node, new_parent, new_name)
         if target is not None:
             await self._remove_file(target)
 

@@ -8,6 +8,7 @@ that left the tree lives on until its count and its open handles reach zero.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -55,6 +56,7 @@ class Node:
     # trio time this mount last made the node's object (or created the node): a listing
     # asked for before then may predate it and must not undo it
     owned_at: float = -math.inf
+    held: int = 0  # operations changing it on the remote now (see Tree.holding)
 
     @property
     def size(self) -> int:
@@ -123,8 +125,16 @@ class Tree:
         node = Node(pyfuse3.InodeT(self._next), parent.inode, name, is_dir, **kw)
         self._next += 1
         self.nodes[node.inode] = node
-        parent.children[name] = node.inode
+        self._place(parent, name, node)
         return node
+
+    def _place(self, parent: Node, name: str, node: Node) -> None:
+        """Enter `node` as `name`; an entry a listing or the change feed made there while
+        the operation placing it was under way (it showed the result early) gives way."""
+        there = self.child(parent, name)
+        if there is not None and there is not node:
+            self.detach(there, notify=True)
+        parent.children[name] = node.inode
 
     def own(self, node: Node, file: RemoteFile) -> None:
         """This mount made `file` the node's object (an upload, a patch, a move)."""
@@ -167,7 +177,21 @@ class Tree:
         self._take_out(self.nodes.get(node.parent), node)
         node.parent, node.name, node.attached = parent.inode, name, True
         node.owned_at = trio.current_time()  # a listing asked before the move predates it
-        parent.children[name] = node.inode
+        self._place(parent, name, node)
+
+    @contextlib.contextmanager
+    def holding(self, node: Node) -> Iterator[None]:
+        """While an operation changes `node` and what is below it on the remote in several
+        steps (a folder's files moved one by one), listings and the change feed leave
+        them be: they would show the operation half done."""
+        held = list(self.walk(node))
+        for n in held:
+            n.held += 1
+        try:
+            yield
+        finally:
+            for n in held:
+                n.held -= 1
 
     def forget(self, inode: pyfuse3.InodeT, count: int) -> None:
         node = self.nodes.get(inode)
@@ -216,8 +240,9 @@ class Tree:
         return node
 
     @staticmethod
-    def _pending(node: Node) -> bool:
-        return node.staged is not None and node.staged.pending
+    def _ours(node: Node) -> bool:
+        """Whether the node's truth is here: unfinished writes, or an operation on it."""
+        return node.held > 0 or (node.staged is not None and node.staged.pending)
 
     def loaded_folders(self) -> list[Node]:
         return [
@@ -344,7 +369,7 @@ class Tree:
         shown = visible_names([f for f in files if f.key not in self._gone], folders)
         for name, inode in list(node.children.items()):
             child = self.nodes[inode]
-            if self._pending(child) or child.owned_at >= asked:
+            if self._ours(child) or child.owned_at >= asked:
                 continue  # our own unfinished or newer write is the truth
             if child.is_dir and name in folders:
                 continue
@@ -355,7 +380,7 @@ class Tree:
                 if (child.version, child.size, child.mtime) != shown_before:
                     self.invalidate(child.inode, None)  # its pages and attributes
                 continue
-            if child.is_dir and any(self._pending(n) for n in self.walk(child)):
+            if child.is_dir and any(self._ours(n) for n in self.walk(child)):
                 continue  # a folder we hold unfinished writes in
             self.detach(child, notify=True)
         for name in folders:
