@@ -1,5 +1,5 @@
-"""A full cache disk: the journal, the block cache and staging files on it fail to be
-written; the mount must say so to the writer, lose nothing, and stay up."""
+"""A full or failing cache disk: the journal, the block cache and staging files on it
+fail to be written or read; the mount must say so, lose nothing, and stay up."""
 
 from __future__ import annotations
 
@@ -33,6 +33,25 @@ def test_a_full_journal_raises_enospc(tmp_path: Path) -> None:
         journal.record(None, tmp_path / "s", "", "f", None, {"pad": "x" * 8000})
     assert exc.value.errno == errno.ENOSPC
     assert isinstance(exc.value.__cause__, sqlite3.OperationalError)
+
+
+async def test_a_journaled_upload_whose_staging_file_is_unreadable_waits(
+    remote: MemRemote, tmp_path: Path, patient_clock: trio.abc.Clock
+) -> None:
+    cache = tmp_path / "cache"
+    (cache / "staging" / "bad").mkdir(parents=True)  # reading it fails (EISDIR)
+    (cache / "staging" / "good").write_bytes(b"good")
+    journal = Journal(cache / "journal.db")
+    journal.record(None, cache / "staging" / "bad", "", "bad", None, {})
+    journal.record(None, cache / "staging" / "good", "", "good", None, {})
+    journal.close()
+    async with mounted_ops(remote, cache) as fs:
+        with trio.fail_after(30):
+            while not remote.by_path("good"):
+                await trio.sleep(0.1)
+        assert [e.name for e in fs.ops.journal.pending()] == ["bad"]  # kept, retried
+        await fs.write_file("after", b"ok")  # the mount goes on
+        assert remote.by_path("after")
 
 
 def failing(*args: object) -> object:

@@ -419,7 +419,7 @@ class Uploader:
                 await self._resume(entry)
             except REFUSED as exc:
                 await self._forget(entry, f"refused by the remote ({exc}); the change was not kept")
-            except StowfsError as exc:
+            except (StowfsError, OSError) as exc:  # OSError: its staging file unreadable
                 log.warning("journaled upload of %s/%s failed: %s", entry.folder, entry.name, exc)
                 left.append(entry)
         self._orphans = left
