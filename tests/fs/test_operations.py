@@ -59,6 +59,24 @@ async def test_duplicate_names_are_all_shown(fs: FS, remote: MemRemote) -> None:
     assert await fs.read_file(other) == b"old"
 
 
+@pytest.mark.parametrize(
+    "name", ["a" * 250 + ".txt", "가" * 80 + ".png", "b" * 255, "c." + "x" * 253]
+)
+async def test_duplicates_of_long_names_can_be_opened_and_removed(
+    fs: FS, remote: MemRemote, name: str
+) -> None:
+    """A disambiguated name past NAME_MAX bytes could be listed, not looked up."""
+    for data in (b"1", b"2", b"3"):
+        remote.put("", name, data)
+    shown = await fs.listdir()
+    assert len(shown) == 3
+    for entry in shown:
+        assert len(entry.encode()) <= 255
+        assert await fs.read_file(entry) in (b"1", b"2", b"3")
+        await fs.unlink(entry)
+    assert remote.files == {}
+
+
 async def test_create_uploads_on_close(fs: FS, remote: MemRemote) -> None:
     await fs.write_file("new.txt", b"data")
     [f] = remote.by_path("new.txt")

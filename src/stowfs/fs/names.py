@@ -4,7 +4,9 @@ Several objects may share one filename in a folder (and a file may share a folde
 name). The newest object (by updated_at, then created_at, then key) keeps the plain
 name; every other one is shown as `<stem>~<8 hex><ext>`, the hex being the start of the
 SHA-1 of its object key, so the name is stable for as long as the object exists.
-Example: `cat.png` and `cat~3f2a9c01.png`. A folder wins its name over files.
+Example: `cat.png` and `cat~3f2a9c01.png`. A folder wins its name over files. The stem
+is shortened (whole characters) where the name would pass NAME_MAX bytes: a name the
+kernel could list but not look up could not be opened or removed.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ from collections.abc import Iterable
 
 from ..remote.base import RemoteFile
 
+NAME_MAX = 255  # bytes of one name, as Linux has it
+
 
 def disambiguated(name: str, key: str, length: int = 8) -> str:
     digest = hashlib.sha1(key.encode()).hexdigest()[:length]
     dot = name.rfind(".")
-    if dot <= 0:
-        return f"{name}~{digest}"
-    return f"{name[:dot]}~{digest}{name[dot:]}"
+    stem, ext = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    room = NAME_MAX - len(f"~{digest}{ext}".encode())
+    if room < 1:  # an extension as long as a name: not one
+        stem, ext, room = name, "", NAME_MAX - 1 - len(digest)
+    stem = stem.encode()[:room].decode("utf-8", "ignore")
+    return f"{stem}~{digest}{ext}"
 
 
 def visible_names(files: Iterable[RemoteFile], taken: Iterable[str] = ()) -> dict[str, RemoteFile]:

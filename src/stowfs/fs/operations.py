@@ -28,7 +28,7 @@ from . import xattrs
 from .blockcache import BlockCache
 from .errnos import fuse_error, handler
 from .journal import Journal
-from .names import visible_names
+from .names import NAME_MAX, visible_names
 from .options import MountOptions
 from .reader import Reader, ReadState
 from .staging import Staged
@@ -38,7 +38,6 @@ from .uploader import Uploader
 log = logging.getLogger(__name__)
 
 FUSEError = pyfuse3.FUSEError
-NAME_MAX = 255
 _USER = xattrs.USER.encode()
 USAGE_TTL = 5.0
 ROOM = 64 * 1024 * 1024  # cached blocks given up at once when staging fills the disk
