@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import uuid
@@ -229,8 +230,9 @@ def test_big_file_uploads_while_it_is_written(
     assert record["metadata"]["mtime"] == pytest.approx(os.stat(mount.path / name).st_mtime)
 
 
-@pytest.mark.parametrize("how", ["stowfs", "fusermount3"])
+@pytest.mark.parametrize("how", ["stowfs", "fusermount3", "SIGTERM"])
 def test_unmount_uploads_what_is_pending(live_server: LiveServer, tmp_path: Path, how: str) -> None:
+    """SIGTERM: how systemd stops a mount."""
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
     m.start("--write-back", "600", foreground=False)
     try:
@@ -238,6 +240,11 @@ def test_unmount_uploads_what_is_pending(live_server: LiveServer, tmp_path: Path
         assert m.remote_files() == []  # close returned before the upload
         if how == "stowfs":
             sh(*m.command()[:3], "unmount", m.path)  # returns once uploads are done
+        elif how == "SIGTERM":
+            assert m.pid is not None
+            os.kill(m.pid, signal.SIGTERM)
+            wait_for(lambda: not os.path.ismount(m.path), 30, "the mount to unmount itself")
+            m.unmount()  # waits for the process to finish its uploads and exit
         else:
             sh("fusermount3", "-u", m.path)
             m.unmount()  # waits for the process to finish its uploads and exit
