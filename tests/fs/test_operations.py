@@ -77,6 +77,20 @@ async def test_duplicates_of_long_names_can_be_opened_and_removed(
     assert remote.files == {}
 
 
+async def test_a_file_deleted_elsewhere_while_open_reads_as_a_stale_handle(
+    fs: FS, remote: MemRemote
+) -> None:
+    f = remote.put("sub", "gone", b"bytes")
+    assert await fs.listdir("sub") == ["gone"]
+    fh = await fs.open("sub/gone")
+    await remote.delete(f.key)  # elsewhere
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.ops.read(fh, 0, 5)
+    assert fuse_errno(exc) == errno.ESTALE  # not ENOENT: the file is open
+    await fs.ops.release(fh)
+    assert await fs.listdir("sub") == []  # listed again at once
+
+
 async def test_create_uploads_on_close(fs: FS, remote: MemRemote) -> None:
     await fs.write_file("new.txt", b"data")
     [f] = remote.by_path("new.txt")

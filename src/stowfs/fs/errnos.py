@@ -45,12 +45,15 @@ _TABLE: list[tuple[type[BaseException], int]] = [
 ]
 
 
-def errno_for(exc: BaseException, *, folder: bool = False) -> int:
-    """errno for an exception; `folder`: a Conflict on a folder means "not empty"."""
+def errno_for(exc: BaseException, *, folder: bool = False, opened: bool = False) -> int:
+    """errno for an exception; `folder`: a Conflict on a folder means "not empty";
+    `opened`: an object gone under an open file is a stale handle, as on NFS."""
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno
     if isinstance(exc, Conflict) and folder:
         return errno.ENOTEMPTY
+    if isinstance(exc, NotFound) and opened:
+        return errno.ESTALE
     for kind, code in _TABLE:
         if isinstance(exc, kind):
             return code
@@ -59,8 +62,10 @@ def errno_for(exc: BaseException, *, folder: bool = False) -> int:
     return errno.EIO  # Unavailable, ProtocolError and anything unforeseen
 
 
-def fuse_error(exc: BaseException, *, folder: bool = False) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(errno_for(exc, folder=folder))
+def fuse_error(
+    exc: BaseException, *, folder: bool = False, opened: bool = False
+) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno_for(exc, folder=folder, opened=opened))
 
 
 P = ParamSpec("P")

@@ -441,7 +441,13 @@ class Operations(pyfuse3.Operations):
         if node.file is None:
             return b""
         assert self.reader is not None
-        return await self.reader.read(node.file, off, size, handle.seq)
+        try:
+            return await self.reader.read(node.file, off, size, handle.seq)
+        except NotFound as exc:  # deleted elsewhere: the folder's next look shows it
+            parent = self.tree.nodes.get(node.parent)
+            if parent is not None:
+                parent.listed_at = None
+            raise fuse_error(exc, opened=True) from exc
 
     @handler
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
