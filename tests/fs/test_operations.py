@@ -1068,3 +1068,19 @@ async def test_news_of_a_rename_under_way_leave_it_be(fs: FS, remote: MemRemote,
     for node in tree.nodes.values():  # each node is one entry, none left over
         assert node.attached
         assert node.inode == ROOT or tree.nodes[node.parent].children[node.name] == node.inode
+
+
+async def test_news_of_a_mkdir_under_way_make_no_second_entry(fs: FS, remote: MemRemote) -> None:
+    await fs.listdir()
+    tree = fs.ops.tree
+    start = len(remote.log)
+    entered, gate = gated(remote, "mkdir", done=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.mkdir, "new")
+        await entered.wait()
+        assert tree.absorb(remote.log[start:], trio.current_time()) == {""}  # shows it early
+        gate.set()
+    dirs = [n for n in tree.nodes.values() if n.name == "new"]
+    assert len(dirs) == 1  # the early entry gave way
+    assert dirs[0].lookups == 1  # the kernel's, from mkdir
+    assert await fs.listdir() == ["new"]
