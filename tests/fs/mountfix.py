@@ -18,6 +18,15 @@ from tests.livesrv import stop_process, stowfs_cmd
 START_TIMEOUT = 30.0
 
 
+def drop_page_cache(path: Path) -> None:
+    """Make the next read of `path` come from the mount, not the kernel's pages."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def wait_for(
     predicate: Callable[[], bool], timeout: float, what: str, max_pause: float = 0.02
 ) -> None:

@@ -19,7 +19,7 @@ from stowfs.fs.blockcache import BlockCache
 from stowfs.fs.journal import Journal, JournalError
 from tests.fs.harness import mounted_ops
 from tests.fs.memremote import MemRemote
-from tests.fs.mountfix import Mount, new_mount
+from tests.fs.mountfix import Mount, drop_page_cache, new_mount
 from tests.livesrv import LiveServer
 
 MB = 1_000_000
@@ -152,14 +152,6 @@ def small_cache_mount(live_server: LiveServer, tmp_path: Path) -> Iterator[Mount
 def free_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
-
-
-def drop_page_cache(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def test_a_full_cache_disk_with_a_real_mount(small_cache_mount: Mount, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fs.mountfix import Mount, new_mount, wait_for
+from tests.fs.mountfix import Mount, drop_page_cache, new_mount, wait_for
 from tests.livesrv import LiveServer, create_key, start_server
 
 
@@ -23,14 +23,6 @@ def own_server(tmp_path: Path) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
-
-
-def drop_page_cache(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def test_server_down_reads_cached_data_and_keeps_writes(
