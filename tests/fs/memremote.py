@@ -24,6 +24,7 @@ from stowfs.errors import (
     RemoteError,
     TooLarge,
     Unavailable,
+    Unsupported,
 )
 from stowfs.remote.base import (
     Capabilities,
@@ -163,6 +164,8 @@ class MemRemote(Remote):
 
     async def rmdir(self, folder: str) -> None:
         self._enter("rmdir")
+        if not self.capabilities.rmdir:
+            raise Unsupported("the service has no folder delete")
         if folder not in self.folders:
             raise NotFound("no such folder", status=404)
         if any(f.folder == folder for f in self.files.values()) or any(

@@ -270,6 +270,19 @@ async def test_rename_folder_moves_every_file(fs: FS, remote: MemRemote) -> None
     assert await fs.read_file("z/y/2") == b"2"
 
 
+async def test_rename_folder_where_folders_cannot_be_removed(tmp_path: Path) -> None:
+    """The seed's storage API has no folder delete: the files move, the rename is done,
+    and the old folder stays, empty, as the service keeps it."""
+    remote = MemRemote(dataclasses.replace(CAPS, rmdir=False))
+    remote.put("x", "1", b"1")
+    async with mounted_ops(remote, tmp_path / "cache", dir_cache_time=0.0) as fs:
+        await fs.listdir("x")
+        await fs.rename("x", "z")
+        assert [f.path for f in remote.files.values()] == ["z/1"]
+        assert await fs.read_file("z/1") == b"1"
+        assert await fs.listdir("x") == []  # listed again: the service's empty folder
+
+
 async def test_rename_of_staged_file_is_local(fs: FS, remote: MemRemote) -> None:
     fh = await fs.open("tmp", os.O_WRONLY | os.O_CREAT)
     await fs.ops.write(fh, 0, b"zz")

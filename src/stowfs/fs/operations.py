@@ -576,7 +576,8 @@ class Operations(pyfuse3.Operations):
         await self.uploader.record(node)  # a staged file is renamed locally
 
     async def _move_folder(self, node: Node, new_parent: Node, new_name: str) -> None:
-        """Folders have no server move: mkdir the new tree, move each file, rmdir the old."""
+        """Folders have no server move: mkdir the new tree, move each file, rmdir the old
+        (where the service can remove folders)."""
         old_root = self.tree.folder_of(node)
         new_root = join(self.tree.folder_of(new_parent), new_name)
         below = await self.remote.list_folders(None)
@@ -587,9 +588,14 @@ class Operations(pyfuse3.Operations):
             await self.remote.mkdir(target)
             for file in await self.remote.list_folder(folder):
                 moved[file.key] = await self.remote.move(file, target, file.name)
-        for folder in reversed(folders):
-            with contextlib.suppress(NotFound):
-                await self.remote.rmdir(folder)
+        if self.caps.rmdir:
+            for folder in reversed(folders):
+                with contextlib.suppress(NotFound):
+                    await self.remote.rmdir(folder)
+        else:  # the files moved: the rename is done, as far as the service allows
+            log.warning(
+                "renamed %s: the service cannot remove folders, it keeps it empty", old_root
+            )
         self.tree.move(node, new_parent, new_name)
         for child in self.tree.walk(node):
             if child.file is not None and child.file.key in moved:
