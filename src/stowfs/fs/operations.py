@@ -554,10 +554,12 @@ class Operations(pyfuse3.Operations):
             return
         async with contextlib.AsyncExitStack() as stack:
             await self._settle(node, stack)
-            with self.tree.holding(node):
-                await self._move_file(node, new_parent, new_name)
-        if target is not None:
-            await self._remove_file(target)
+            stack.enter_context(self.tree.holding(node))
+            if target is not None:  # news shown meanwhile could give it the moved object
+                stack.enter_context(self.tree.holding(target))
+            await self._move_file(node, new_parent, new_name)
+            if target is not None:
+                await self._remove_file(target)
 
     @staticmethod
     async def _settle(node: Node, stack: contextlib.AsyncExitStack) -> None:

@@ -249,6 +249,9 @@ class Tree:
             n for n in self.nodes.values() if n.is_dir and n.attached and n.listed_at is not None
         ]
 
+    def _children(self, node: Node) -> list[Node]:
+        return [self.nodes[i] for i in node.children.values()]
+
     def walk(self, node: Node) -> Iterator[Node]:
         yield node
         for inode in list(node.children.values()):
@@ -320,7 +323,7 @@ class Tree:
             node = self.find_dir(folder)
             if node is None or node.listed_at is None:
                 continue  # never listed: its first listing will show all
-            children = [self.nodes[i] for i in node.children.values()]
+            children = self._children(node)
             files = {c.file.key: c.file for c in children if c.file is not None}
             folders = {c.name for c in children if c.is_dir}
             new = False
@@ -367,6 +370,7 @@ class Tree:
         base = self.folder_of(node)
         folders = {name for name in folders if self._left.get(join(base, name), -math.inf) < asked}
         shown = visible_names([f for f in files if f.key not in self._gone], folders)
+        held = {c.file.key for c in self._children(node) if c.held and c.file is not None}
         for name, inode in list(node.children.items()):
             child = self.nodes[inode]
             if self._ours(child) or child.owned_at >= asked:
@@ -387,7 +391,7 @@ class Tree:
             if name not in node.children:
                 self.new(node, name, True)
         for name, remote in shown.items():
-            if name not in node.children:
+            if name not in node.children and remote.key not in held:  # (shown as its own)
                 self.new(node, name, False, file=remote)
 
 
