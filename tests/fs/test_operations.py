@@ -1098,9 +1098,30 @@ async def test_news_of_a_mkdir_under_way_make_no_second_entry(fs: FS, remote: Me
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.mkdir, "new")
         await entered.wait()
-        assert tree.absorb(remote.log[start:], trio.current_time()) == {""}  # shows it early
+        early = tree.absorb(remote.log[start:], trio.current_time())
         gate.set()
+    assert early == {""}  # the news showed it early
     dirs = [n for n in tree.nodes.values() if n.name == "new"]
     assert len(dirs) == 1  # the early entry gave way
     assert dirs[0].lookups == 1  # the kernel's, from mkdir
     assert await fs.listdir() == ["new"]
+
+
+async def test_news_of_a_rewrite_under_way_make_no_entry_for_the_old_bytes(
+    fs: FS, remote: MemRemote
+) -> None:
+    """A listing seen while a rewrite's upload is landing holds the new object and the
+    one it replaces: the replaced one is the file's own, about to go, not another file."""
+    await fs.write_file("c", b"old")
+    tree = fs.ops.tree
+    entered, gate = gated(remote, "upload", done=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.write_file, "c", b"new")
+        await entered.wait()
+        await tree.refresh(tree.nodes[ROOT], force=True)
+        meanwhile = await fs.listdir()
+        gate.set()
+    assert meanwhile == ["c"]
+    assert await fs.listdir() == ["c"]
+    assert await fs.read_file("c") == b"new"
+    assert [remote.blobs[f.key] for f in remote.files.values()] == [b"new"]

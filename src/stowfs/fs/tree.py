@@ -370,7 +370,7 @@ class Tree:
         base = self.folder_of(node)
         folders = {name for name in folders if self._left.get(join(base, name), -math.inf) < asked}
         shown = visible_names([f for f in files if f.key not in self._gone], folders)
-        held = {c.file.key for c in self._children(node) if c.held and c.file is not None}
+        ours = {c.file.key for c in self._children(node) if self._ours(c) and c.file is not None}
         for name, inode in list(node.children.items()):
             child = self.nodes[inode]
             if self._ours(child) or child.owned_at >= asked:
@@ -391,7 +391,7 @@ class Tree:
             if name not in node.children:
                 self.new(node, name, True)
         for name, remote in shown.items():
-            if name not in node.children and remote.key not in held:  # (shown as its own)
+            if name not in node.children and remote.key not in ours:  # (shown as its own)
                 self.new(node, name, False, file=remote)
 
 
