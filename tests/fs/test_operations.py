@@ -594,6 +594,9 @@ async def test_offline_listing_uses_the_cache(fs: FS, remote: MemRemote) -> None
     with pytest.raises(pyfuse3.FUSEError) as exc:
         await fs.unlink("f")
     assert fuse_errno(exc) == errno.EIO
+    remote.down = False
+    fs.ops.tree.nodes[pyfuse3.ROOT_INODE].listed_at = -1e9
+    assert await fs.listdir() == ["f"]  # not deleted: listings still show it
 
 
 async def test_write_back_and_resume(
@@ -1049,8 +1052,13 @@ async def test_a_streamed_upload_completes_with_the_md5_of_every_byte_written(
     assert remote.completed_md5 == [hashlib.md5(data).hexdigest()]
 
 
-@pytest.mark.parametrize("what", ["folder", "file", "over"])
-async def test_news_of_a_rename_under_way_leave_it_be(fs: FS, remote: MemRemote, what: str) -> None:
+@pytest.mark.parametrize(
+    ("what", "waits"),
+    [("folder", "rmdir"), ("file", "move"), ("over", "move"), ("over", "delete")],
+)
+async def test_news_of_a_rename_under_way_leave_it_be(
+    fs: FS, remote: MemRemote, what: str, waits: str
+) -> None:
     """The change feed (or a listing) seen while a rename is half done on the remote
     shows it half done: a folder's files moved but not the folder, say. The rename
     finishes as it began, and the tree ends as the remote is."""
@@ -1059,7 +1067,7 @@ async def test_news_of_a_rename_under_way_leave_it_be(fs: FS, remote: MemRemote,
     await fs.write_file("dir/c", b"cc")
     tree = fs.ops.tree
     start = len(remote.log)
-    entered, gate = gated(remote, "rmdir" if what == "folder" else "move", done=True)
+    entered, gate = gated(remote, waits, done=waits != "delete")  # delete: before it goes
     old, new = {"folder": ("dir", "moved"), "file": ("dir/b", "dir/moved")}.get(
         what,
         ("dir/b", "dir/c"),  # over: replaces c

@@ -35,9 +35,29 @@ VALUES = st.recursive(
 )
 
 
+class SlowRemote(MemRemote):
+    """Uploads, metadata patches, deletes and moves that take a moment, as requests do:
+    the next steps' operations come while they are on their way."""
+
+    async def upload(self, *args: Any, **kw: Any) -> Any:
+        await trio.sleep(0.002)
+        return await super().upload(*args, **kw)
+
+    async def patch_metadata(self, *args: Any, **kw: Any) -> Any:
+        await trio.sleep(0.002)
+        return await super().patch_metadata(*args, **kw)
+
+    async def delete(self, *args: Any, **kw: Any) -> Any:
+        await trio.sleep(0.002)
+        return await super().delete(*args, **kw)
+
+    async def move(self, *args: Any, **kw: Any) -> Any:
+        await trio.sleep(0.002)
+        return await super().move(*args, **kw)
+
+
 class OpsMachine(RuleBasedStateMachine):
     WRITE_BACK: float | None = None  # upload on close
-    REMOTE: type[MemRemote] = MemRemote
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,7 +65,7 @@ class OpsMachine(RuleBasedStateMachine):
         self.meta: dict[str, dict[str, Any]] = {}  # user metadata (mtime aside)
         self.dirs: set[str] = {""}
         self.theirs: list[str] = []  # files another client made (feed-shown names)
-        self.remote = self.REMOTE()
+        self.remote = SlowRemote()
         self.seen = 0  # of the remote's change log: what the feed has given so far
         self.tmp = Path(tempfile.mkdtemp())
         ready = threading.Event()
@@ -204,6 +224,58 @@ class OpsMachine(RuleBasedStateMachine):
         news, self.seen = self.remote.log[self.seen :], len(self.remote.log)
         self.run(lambda fs: _absorb(fs, news))
 
+    @rule(data=st.data(), name=NAMES, content=DATA)
+    def amid_news(self, data: st.DataObject, name: str, content: bytes) -> None:
+        """A rename (of a file, maybe over another; of a folder) or a rewrite while the
+        change feed's news and listings keep coming: each call of the slow remote lets
+        them in, so they show the operation half done."""
+        choices = ["folder"] + (["file", "rewrite"] if self.files else [])
+        what = data.draw(st.sampled_from(choices))
+        if what == "folder":
+            src, dst = data.draw(st.sampled_from([("d", "e"), ("e", "d")]))
+            if src not in self.dirs or self.taken(dst):
+                return
+            op: Callable[[FS], Awaitable[object]] = lambda fs: fs.rename(src, dst)  # noqa: E731
+        elif what == "file":
+            src = data.draw(st.sampled_from(sorted(self.files)))
+            dst = self.join(self.folder(data), name)
+            if dst in self.dirs:
+                return
+            op = lambda fs: fs.rename(src, dst)  # noqa: E731
+        else:
+            src = dst = data.draw(st.sampled_from(sorted(self.files)))
+            op = lambda fs: fs.write_file(src, content)  # noqa: E731
+
+        async def go(fs: FS) -> None:
+            tree = fs.ops.tree
+            done = trio.Event()
+
+            async def news() -> None:
+                while not done.is_set():
+                    tree.absorb(self.remote.log[self.seen :], trio.current_time())
+                    for node in tree.loaded_folders():
+                        await tree.refresh(node, force=True)
+                    await trio.sleep(0.001)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(news)
+                try:
+                    await op(fs)
+                finally:
+                    done.set()
+
+        self.run(go)
+        if what == "rewrite":
+            self.files[src] = content
+            return
+        prefix = src + "/" if what == "folder" else None
+        for path in [p for p in self.files if p == src or (prefix and p.startswith(prefix))]:
+            moved = dst + path[len(src) :]
+            self.files[moved], self.meta[moved] = self.files.pop(path), self.meta.pop(path)
+        if what == "folder":
+            self.dirs.discard(src)
+            self.dirs.add(dst)
+
     # -- invariants --------------------------------------------------------------------
     @invariant()
     def matches_model(self) -> None:
@@ -234,32 +306,10 @@ async def _absorb(fs: FS, changes: list[Any]) -> None:
     fs.ops.tree.absorb(changes, trio.current_time())
 
 
-class SlowRemote(MemRemote):
-    """Uploads, metadata patches, deletes and moves that take a moment, as requests do:
-    the next steps' operations come while they are on their way."""
-
-    async def upload(self, *args: Any, **kw: Any) -> Any:
-        await trio.sleep(0.002)
-        return await super().upload(*args, **kw)
-
-    async def patch_metadata(self, *args: Any, **kw: Any) -> Any:
-        await trio.sleep(0.002)
-        return await super().patch_metadata(*args, **kw)
-
-    async def delete(self, *args: Any, **kw: Any) -> Any:
-        await trio.sleep(0.002)
-        return await super().delete(*args, **kw)
-
-    async def move(self, *args: Any, **kw: Any) -> Any:
-        await trio.sleep(0.002)
-        return await super().move(*args, **kw)
-
-
 class WriteBackMachine(OpsMachine):
     """The same, with uploads in the background racing the operations."""
 
     WRITE_BACK = 0.0
-    REMOTE = SlowRemote
 
 
 SETTINGS = settings(

@@ -506,10 +506,15 @@ class Operations(pyfuse3.Operations):
 
     async def _remove_file(self, node: Node) -> None:
         if node.file is not None:
+            key = node.file.key
+            self.tree.deleted(key)  # a listing asked while the delete goes must not show it
             if self.caps.delete:
-                with contextlib.suppress(NotFound):
-                    await self.remote.delete(node.file.key)
-            self.tree.deleted(node.file.key)
+                try:
+                    with contextlib.suppress(NotFound):
+                        await self.remote.delete(key)
+                except BaseException:
+                    self.tree.kept(key)
+                    raise
             if not self.caps.list:  # a drop folder forgets it (the remote may keep it)
                 await self.uploader.journaled(node.name, self.journal.remove_drop, node.file.key)
         await self.uploader.cancel(node)

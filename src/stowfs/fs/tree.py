@@ -148,6 +148,10 @@ class Tree:
         is older than that."""
         self._gone[key] = trio.current_time()
 
+    def kept(self, key: str) -> None:
+        """A delete of `key` announced with `deleted` failed: listings show it again."""
+        self._gone.pop(key, None)
+
     def child(self, parent: Node, name: str) -> Node | None:
         inode = parent.children.get(name)
         return self.nodes[inode] if inode is not None else None
