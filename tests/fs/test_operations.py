@@ -270,6 +270,22 @@ async def test_rename_folder_moves_every_file(fs: FS, remote: MemRemote) -> None
     assert await fs.read_file("z/y/2") == b"2"
 
 
+async def test_rename_folder_while_a_file_lands_in_it_elsewhere(fs: FS, remote: MemRemote) -> None:
+    remote.put("x", "1", b"1")
+    await fs.listdir("x")
+    entered, gate = gated(remote, "move", done=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.rename, "x", "z")
+        await entered.wait()
+        remote.put("x", "late", b"2")  # after the rename listed x
+        gate.set()
+    assert await fs.read_file("z/1") == b"1"
+    assert sorted(f.path for f in remote.files.values()) == ["x/late", "z/1"]  # none lost
+    fs.ops.tree.nodes[ROOT].listed_at = None
+    assert await fs.listdir() == ["x", "z"]
+    assert await fs.listdir("x") == ["late"]
+
+
 async def test_rename_folder_where_folders_cannot_be_removed(tmp_path: Path) -> None:
     """The seed's storage API has no folder delete: the files move, the rename is done,
     and the old folder stays, empty, as the service keeps it."""

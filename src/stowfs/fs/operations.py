@@ -22,7 +22,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from ..errors import NotFound, StowfsError, Unavailable
+from ..errors import Conflict, NotFound, StowfsError, Unavailable
 from ..remote.base import Remote, Usage
 from . import xattrs
 from .blockcache import BlockCache
@@ -597,8 +597,14 @@ class Operations(pyfuse3.Operations):
                 moved[file.key] = await self.remote.move(file, target, file.name)
         if self.caps.rmdir:
             for folder in reversed(folders):
-                with contextlib.suppress(NotFound):
+                try:
                     await self.remote.rmdir(folder)
+                except NotFound:
+                    pass
+                except Conflict:  # a file landed in it meanwhile (elsewhere): it stays there
+                    log.warning(
+                        "renamed %s: %s got new files meanwhile, it stays", old_root, folder
+                    )
         else:  # the files moved: the rename is done, as far as the service allows
             log.warning(
                 "renamed %s: the service cannot remove folders, it keeps it empty", old_root
