@@ -127,7 +127,12 @@ class BlockCache:
             return
         path = self._path(vid, index)
 
-        def write() -> None:
+        def write(room_made: bool) -> int:
+            """Write the block if it fits above the reserve (or room was made for it);
+            else return the bytes missing."""
+            short = 0 if room_made else shortfall(self.directory, len(data))
+            if short:
+                return short
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             try:
@@ -136,14 +141,16 @@ class BlockCache:
                 tmp.unlink(missing_ok=True)
                 raise
             os.replace(tmp, path)
+            return 0
 
         self._writing[(vid, index)] = data
         try:
             async with self._writers:
-                short = await trio.to_thread.run_sync(shortfall, self.directory, len(data))
-                if short and await self.free(short) < short:
-                    return  # the disk is full of other things: the block is not kept
-                await trio.to_thread.run_sync(write)
+                short = await trio.to_thread.run_sync(write, False)  # one thread hop, usually
+                if short:
+                    if await self.free(short) < short:
+                        return  # the disk is full of other things: the block is not kept
+                    await trio.to_thread.run_sync(write, True)
         except OSError as exc:
             level = logging.INFO if exc.errno == errno.ENOSPC else logging.WARNING
             log.log(level, "a block is not cached: %s", exc)
