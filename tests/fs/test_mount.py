@@ -145,6 +145,42 @@ def test_xattrs_against_the_server(mount: Mount) -> None:
     assert public.startswith("http")
 
 
+def test_tools_that_copy_xattrs(mount: Mount, tmp_path: Path) -> None:
+    """They write back every xattr they find (facts included) or remove those the
+    source lacks: the facts take it without effect, the metadata goes across."""
+    mnt = mount.path
+    local = tmp_path / "local"
+    local.mkdir()
+    try:
+        os.setxattr(local, "user.probe", b"1")
+    except OSError:
+        pytest.skip("no user xattrs on the local disk")
+    upload(mount, "", "gen.png", b"png", {"prompt": "a red fox", "seed": 7})
+    sh("cp", "--preserve=xattr", mnt / "gen.png", local / "gen.png")
+    assert os.getxattr(local / "gen.png", "user.stowfs.key")  # another object's facts
+    sh("cp", "--preserve=xattr", local / "gen.png", mnt / "copy.png")
+    sh("rsync", "-aX", f"{local}/gen.png", mnt / "synced.png")
+    (local / "plain.txt").write_text("no xattrs")
+    sh("rsync", "-aX", f"{local}/plain.txt", mnt)  # removes the facts rsync finds
+    sh("tar", "--xattrs", "-cf", tmp_path / "t.tar", "-C", local, "gen.png")
+    sh("mkdir", mnt / "x")
+    sh("tar", "--xattrs", "-xf", tmp_path / "t.tar", "-C", mnt / "x")
+    for name in ("copy.png", "synced.png", "x/gen.png"):
+        record = mount.remote_file(name)
+        assert (record["metadata"]["prompt"], record["metadata"]["seed"]) == ("a red fox", 7)
+        assert mount.remote_bytes(record) == b"png"
+        assert (
+            sh("getfattr", "--only-values", "-n", "user.stowfs.key", mnt / name)
+            == (record["object_key"])
+        )
+    assert mount.remote_bytes(mount.remote_file("plain.txt")) == b"no xattrs"
+    dump = tmp_path / "dump"
+    dump.write_text(sh("getfattr", "-d", "-m", "-", mnt / "copy.png"))
+    before = mount.remote_file("copy.png")
+    subprocess.run(["setfattr", f"--restore={dump}"], cwd="/", check=True)
+    assert mount.remote_file("copy.png") == before  # nothing changed, not even updated_at
+
+
 def test_duplicates_and_remote_changes(mount: Mount) -> None:
     mnt = mount.path
     sh("ls", mnt)  # the root listing is cached now

@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import stat
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -358,9 +359,68 @@ async def test_xattr_facts_and_public(fs: FS, remote: MemRemote) -> None:
     await fs.setxattr("p", "user.stowfs.public", b"true")
     assert remote.files[f.key].is_public
     assert (await fs.getxattr("p", "user.stowfs.public_url")).startswith(b"mem://public/")
-    with pytest.raises(pyfuse3.FUSEError) as exc:
-        await fs.setxattr("p", "user.stowfs.key", b"other")
-    assert fuse_errno(exc) == errno.EPERM
+
+
+async def test_xattrs_written_back_as_read_change_nothing(fs: FS, remote: MemRemote) -> None:
+    """What copy tools do (cp --preserve=xattr, rsync -X, tar --xattrs, setfattr
+    --restore): write back every xattr listed, facts included, or remove those the
+    source lacks. Facts take it without effect (as chmod does); a metadata value written
+    back unchanged sends nothing."""
+    f = remote.put("", "p", b"x", {"seed": 42})
+    dump = {name: await fs.getxattr("p", name) for name in await fs.listxattr("p")}
+    before = dict(remote.calls)
+    for name, value in dump.items():
+        await fs.setxattr("p", name, value)
+    await fs.setxattr("p", "user.stowfs.key", b"another/key")  # another file's facts
+    await fs.setxattr("p", "user.stowfs.size", b"7")
+    for name in dump:
+        if name.startswith("user.stowfs."):
+            await fs.removexattr("p", name)
+    assert dict(remote.calls) == before  # nothing sent
+    assert remote.files[f.key] == f
+    assert await fs.getxattr("p", "user.stowfs.key") == f.key.encode()
+    assert await fs.getxattr("p", "user.stowfs.size") == b"1"
+
+
+async def test_public_set_while_a_file_is_written_goes_up_with_it(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """cp --preserve=xattr sets the xattrs on the file it is still writing: the object
+    does not exist yet; it is made public once its bytes are up. A journaled upload
+    keeps that for the next mount. A rewrite of a public file keeps it public."""
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache) as fs:
+        fh = await fs.open("new", os.O_WRONLY | os.O_CREAT)
+        await fs.ops.write(fh, 0, b"bytes")
+        await fs.setxattr("new", "user.stowfs.public", b"true")
+        assert await fs.getxattr("new", "user.stowfs.public") == b"true"
+        assert remote.calls["upload"] == 0
+        await fs.close(fh)
+        [new] = remote.by_path("new")
+        assert new.is_public
+        assert remote.blobs[new.key] == b"bytes"
+        await fs.write_file("new", b"rewritten")
+        [rewritten] = remote.by_path("new")
+        assert rewritten.key != new.key
+        assert rewritten.is_public
+    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
+        fh = await fs.open("later", os.O_WRONLY | os.O_CREAT)
+        await fs.ops.write(fh, 0, b"later")
+        await fs.setxattr("later", "user.stowfs.public", b"true")
+        await fs.close(fh)
+        remote.down = True  # no upload, no clean unmount: as after a kill -9
+    journal = Journal(cache / "journal.db")
+    [entry] = journal.pending()
+    journal.close()
+    assert entry.public is True
+    remote.down = False
+    async with mounted_ops(remote, cache):
+        with trio.fail_after(5):
+            while not remote.by_path("later"):
+                await trio.sleep(0.01)
+    [later] = remote.by_path("later")
+    assert later.is_public
+    assert remote.blobs[later.key] == b"later"
 
 
 async def test_facts_of_a_pending_file_are_those_of_its_new_bytes(
@@ -410,10 +470,29 @@ async def test_xattr_limits_and_namespaces_never_call_the_network(
 
 
 async def test_refused_node_types(fs: FS) -> None:
-    for op in (fs.ops.symlink, fs.ops.link, fs.ops.mknod):
+    for op in (fs.ops.symlink, fs.ops.link):
         with pytest.raises(pyfuse3.FUSEError) as exc:
             await op()
         assert fuse_errno(exc) == errno.EPERM
+    for mode in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFSOCK):
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await fs.ops.mknod(ROOT, b"dev", mode | 0o644, 0, CTX)
+        assert fuse_errno(exc) == errno.EPERM
+
+
+async def test_mknod_of_a_regular_file_makes_an_empty_file(fs: FS, remote: MemRemote) -> None:
+    """As `tar --xattrs` does before it sets the xattrs and writes the bytes."""
+    attr = await fs.ops.mknod(ROOT, b"t", stat.S_IFREG | 0o644, 0, CTX)
+    assert (stat.S_ISREG(attr.st_mode), attr.st_size) == (True, 0)
+    [f] = remote.by_path("t")
+    assert remote.blobs[f.key] == b""
+    await fs.setxattr("t", "user.seed", b"7")
+    await fs.write_file("t", b"bytes")
+    [f] = remote.by_path("t")
+    assert (remote.blobs[f.key], f.metadata["seed"]) == (b"bytes", 7)
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.ops.mknod(ROOT, b"t", 0o644, 0, CTX)
+    assert fuse_errno(exc) == errno.EEXIST
 
 
 async def test_names_the_remote_refuses_fail_at_once(tmp_path: Path) -> None:

@@ -225,7 +225,7 @@ async def test_an_upload_begun_for_another_name_starts_over(
     assert [n for upload, n in remote.sent if upload != "u0"] == list(range(1, 8))
 
 
-def test_a_journal_of_an_earlier_version_gains_the_progress_column(tmp_path: Path) -> None:
+def test_a_journal_of_an_earlier_version_gains_the_new_columns(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(
@@ -244,4 +244,8 @@ def test_a_journal_of_an_earlier_version_gains_the_progress_column(tmp_path: Pat
         conn.execute("UPDATE uploads SET resume = '{\"folder\": 1}'")  # not ours to read
     [entry] = journal.pending()
     assert (entry.name, entry.progress) == ("a", None)  # the upload starts over
+    assert entry.public is None  # the service's default visibility
+    journal.record(entry.id, entry.staging, "in", "a", None, {}, public=True)
+    [entry] = journal.pending()
+    assert entry.public is True
     journal.close()

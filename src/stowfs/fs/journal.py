@@ -26,8 +26,9 @@ from ..remote.base import RemoteFile, UploadCheckpoint
 
 log = logging.getLogger(__name__)
 
-# uploads.resume: JSON of a `Progress` (NULL: no multipart upload under way). Journals
-# written before it had no such column: it is added on open.
+# uploads.resume: JSON of a `Progress` (NULL: no multipart upload under way).
+# uploads.public: the visibility the object gets once up (NULL: the service's default).
+# Journals written before these columns had none: they are added on open.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
     id INTEGER PRIMARY KEY,
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     name TEXT NOT NULL,
     replaces TEXT,
     metadata TEXT NOT NULL,
-    resume TEXT
+    resume TEXT,
+    public INTEGER
 );
 CREATE TABLE IF NOT EXISTS drops (
     key TEXT PRIMARY KEY,
@@ -95,6 +97,7 @@ class Entry:
     replaces: str | None
     metadata: dict[str, Any]
     progress: Progress | None = None
+    public: bool | None = None
 
 
 class Journal:
@@ -105,8 +108,9 @@ class Journal:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(uploads)")}
-        if "resume" not in columns:
-            self._conn.execute("ALTER TABLE uploads ADD COLUMN resume TEXT")
+        for name, kind in (("resume", "TEXT"), ("public", "INTEGER")):
+            if name not in columns:
+                self._conn.execute(f"ALTER TABLE uploads ADD COLUMN {name} {kind}")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -121,20 +125,22 @@ class Journal:
         name: str,
         replaces: str | None,
         metadata: dict[str, Any],
+        public: bool | None = None,
     ) -> int:
         """Insert or update the row of one pending upload; returns its id."""
-        row = (str(staging), folder, name, replaces, json.dumps(metadata))
+        row = (str(staging), folder, name, replaces, json.dumps(metadata), public)
         with self._lock, _writing():
             if entry_id is None:
                 cur = self._conn.execute(
-                    "INSERT INTO uploads (staging, folder, name, replaces, metadata)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO uploads (staging, folder, name, replaces, metadata, public)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     row,
                 )
                 assert cur.lastrowid is not None
                 return cur.lastrowid
             self._conn.execute(
-                "UPDATE uploads SET staging=?, folder=?, name=?, replaces=?, metadata=? WHERE id=?",
+                "UPDATE uploads SET staging=?, folder=?, name=?, replaces=?, metadata=?,"
+                " public=? WHERE id=?",
                 (*row, entry_id),
             )
             return entry_id
@@ -153,8 +159,8 @@ class Journal:
     def pending(self) -> list[Entry]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, staging, folder, name, replaces, metadata, resume FROM uploads"
-                " ORDER BY id"
+                "SELECT id, staging, folder, name, replaces, metadata, resume, public"
+                " FROM uploads ORDER BY id"
             ).fetchall()
         return [
             Entry(
@@ -165,6 +171,7 @@ class Journal:
                 r[4],
                 json.loads(r[5]),
                 _progress(r[6]),
+                None if r[7] is None else bool(r[7]),
             )
             for r in rows
         ]

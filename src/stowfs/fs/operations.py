@@ -72,6 +72,14 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _public(node: Node) -> bool:
+    """The file's visibility: the one its pending upload will give it, if any."""
+    staged = node.staged
+    if staged is not None and staged.public is not None and (staged.pending or not node.file):
+        return staged.public
+    return node.file is not None and node.file.is_public
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -216,6 +224,8 @@ class Operations(pyfuse3.Operations):
             Staged.create, self.staging_dir, dict(old.metadata) if old else {}, node.mtime
         )
         staged.uploaded = staged.generation  # nothing new yet
+        if old is not None:
+            staged.public = old.is_public  # a rewrite keeps the file's visibility
         try:
             if old is not None:
                 assert self.reader is not None
@@ -623,8 +633,25 @@ class Operations(pyfuse3.Operations):
     async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
         raise FUSEError(errno.EPERM)
 
-    async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
-        raise FUSEError(errno.EPERM)
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: bytes,
+        mode: int,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        """A regular file is an empty file, as `touch` makes (`tar --xattrs` creates
+        files this way to set their xattrs before their bytes); devices, FIFOs and
+        sockets are refused."""
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            raise FUSEError(errno.EPERM)
+        info, attr = await self.create(parent_inode, name, mode, os.O_WRONLY | os.O_EXCL, ctx)
+        try:
+            await self.flush(info.fh)
+        finally:
+            await self.release(info.fh)
+        return attr
 
     # -- statfs ------------------------------------------------------------------------
     @handler
@@ -715,6 +742,8 @@ class Operations(pyfuse3.Operations):
         if fact not in xattrs.FACT_NAMES:
             raise FUSEError(pyfuse3.ENOATTR)
         await self._upload_pending(node)
+        if fact == "public":
+            return xattrs.encode(_public(node))  # also of a new file, still written
         file = node.file
         if file is None:
             raise FUSEError(pyfuse3.ENOATTR)
@@ -722,8 +751,6 @@ class Operations(pyfuse3.Operations):
         if fact in ("url", "url_expires"):
             url, expires = await self._fresh_url(node)
             value = url if fact == "url" else _iso(expires)
-        elif fact == "public":
-            value = file.is_public
         elif fact in ("created_at", "updated_at"):
             value = _iso(getattr(file, fact))
         else:
@@ -756,10 +783,9 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.EINVAL) from None
         if text == xattrs.PUBLIC:
             await self._set_public(node, decoded)
-        elif text.startswith(xattrs.FACTS):
-            raise FUSEError(errno.EPERM)  # read-only facts
-        else:
+        elif not text.startswith(xattrs.FACTS):
             await self._patch(node, text[len(xattrs.USER) :], decoded)
+        # else: a fact, read-only: accepted without effect (see removexattr)
 
     @handler
     async def removexattr(
@@ -771,9 +797,12 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(self._other_xattrs)
         if node.is_dir:
             raise FUSEError(pyfuse3.ENOATTR)
-        if text.startswith(xattrs.FACTS):
-            raise FUSEError(errno.EPERM)
         self._writable()
+        if text.startswith(xattrs.FACTS):
+            # Facts are the service's, yet tools that copy xattrs write back (or remove)
+            # every one they find: cp --preserve=xattr, rsync -X, tar --xattrs,
+            # setfattr --restore. Accepted without effect, as chmod is.
+            return
         key = text[len(xattrs.USER) :]
         if key not in node.metadata:
             raise FUSEError(pyfuse3.ENOATTR)
@@ -785,6 +814,8 @@ class Operations(pyfuse3.Operations):
             merged.pop(key, None)
         else:
             merged[key] = value
+        if merged == node.metadata:
+            return  # a value written back as read: nothing to send
         if xattrs.metadata_size(merged) > self.caps.metadata_max_bytes:
             raise FUSEError(errno.E2BIG)  # before any network call
         staged = node.staged
@@ -804,10 +835,20 @@ class Operations(pyfuse3.Operations):
     async def _set_public(self, node: Node, value: Any) -> None:
         if value not in (True, False, 0, 1):
             raise FUSEError(errno.EINVAL)
-        await self._upload_pending(node)
-        if node.file is None:
-            raise FUSEError(errno.ENOENT)
+        if bool(value) == _public(node):
+            return
         if not self.caps.metadata:
             raise FUSEError(errno.ENOTSUP)
+        staged = node.staged
+        if staged is not None:
+            staged.public = bool(value)  # the next upload's, also one under way
+            await self._upload_pending(node)  # which sets it, unless a writer holds the file
+            if staged.dirty or node.file is None:
+                await self.uploader.record(node)  # set once the bytes are up
+                return
+        if node.file is None:
+            raise FUSEError(errno.ENOENT)
+        if node.file.is_public == bool(value):
+            return
         self.tree.own(node, await self.remote.set_public(node.file.key, bool(value)))
         node.kernel_version = node.version

@@ -35,6 +35,7 @@ class Staged:
         self.uploaded = 0  # the generation last uploaded
         self.journal_id: int | None = None
         self.progress: Progress | None = None  # an upload under way a failure interrupted
+        self.public: bool | None = None  # the visibility to give the upload (None: default)
         self.uploading = False
         self.lock = trio.Lock()  # one upload at a time
         self.journaling = trio.Lock()  # the journal row: one record or removal at a time

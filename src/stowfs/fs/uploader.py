@@ -110,6 +110,7 @@ class Uploader:
                 name,
                 node.file.key if node.file else None,
                 self.metadata_of(staged),
+                staged.public,
             )
             if entry_id is None:
                 return False
@@ -246,6 +247,7 @@ class Uploader:
             staged.journal_id,
             remember,
             lambda: self.metadata_of(staged),
+            lambda: staged.public,
         )
         staged.progress = None
         return new
@@ -260,11 +262,12 @@ class Uploader:
         entry_id: int | None,
         remember: Callable[[Progress], None],
         wanted: Callable[[], dict[str, Any]],
+        public: Callable[[], bool | None],
     ) -> RemoteFile:
         """Upload `source`, resuming the upload under way (`begun`) if it goes to this
         very place (the remote starts over if the bytes changed since); its progress is
         remembered and journaled part by part. Then its metadata is brought to
-        `wanted()`."""
+        `wanted()`, its visibility to `public()`."""
         checkpoint = None
         if begun is not None and (begun.folder, begun.name) == (folder, name):
             checkpoint = begun.checkpoint
@@ -282,7 +285,18 @@ class Uploader:
             source, folder, name, metadata, checkpoint=checkpoint, on_checkpoint=on_checkpoint
         )
         sent = {**(begun.begun_with if begun is not None else {}), **metadata}
-        return await self._patch_since(new, sent, wanted)
+        new = await self._patch_since(new, sent, wanted)
+        return await self._make_public(new, public)
+
+    async def _make_public(self, new: RemoteFile, public: Callable[[], bool | None]) -> RemoteFile:
+        wanted = public()
+        if wanted is None or new.is_public == wanted or not self.remote.capabilities.metadata:
+            return new
+        try:
+            return await self.remote.set_public(new.key, wanted)
+        except StowfsError as exc:  # the bytes are stored: failing now would upload twice
+            log.warning("%s is uploaded, but its visibility could not be set: %s", new.name, exc)
+            return new
 
     async def _journal_stream(self, staged: Staged, progress: Progress | None) -> None:
         """At close, journal the parts a stream sent while the file was written: a crash
@@ -447,6 +461,7 @@ class Uploader:
             entry.id,
             lambda progress: None,
             lambda: entry.metadata,
+            lambda: entry.public,
         )
         if self.drop_folder:
             await self.journaled(new.name, self.journal.add_drop, new)
