@@ -37,6 +37,10 @@ class InvalidRequest(RemoteError):
     """400: the service rejected the request's content (a name, a field, a value)."""
 
 
+class NameTooLong(InvalidRequest):
+    """A name or folder path longer than the service takes."""
+
+
 class AuthFailed(RemoteError):
     """401: missing or wrong API key."""
 

@@ -113,6 +113,13 @@ def test_refused_operations(mount: Mount) -> None:
     assert "Invalid argument" in fails("sh", "-c", f"echo x > '{mnt}/back\\slash'")
     assert "Invalid argument" in fails("mkdir", mnt / "tab\tname")
     assert sorted(os.listdir(mnt)) == ["f"]
+    # folder paths: at most 1,024 characters on the reference server
+    deep = mnt.joinpath(*["d" * 250] * 4)  # 1,003
+    sh("mkdir", "-p", deep / ("x" * 20))
+    assert "File name too long" in fails("mkdir", deep / ("y" * 21))
+    sh("touch", deep / ("x" * 20) / "g")
+    assert "File name too long" in fails("mv", mnt / ("d" * 250), mnt / ("e" * 252))
+    assert mount.remote_files(str(deep.relative_to(mnt) / ("x" * 20)))[0]["filename"] == "g"
 
 
 def test_xattrs_against_the_server(mount: Mount) -> None:

@@ -300,6 +300,24 @@ async def test_rename_folder_where_folders_cannot_be_removed(tmp_path: Path) -> 
         assert await fs.listdir("x") == []  # listed again: the service's empty folder
 
 
+async def test_a_folder_rename_past_the_path_limit_moves_nothing(tmp_path: Path) -> None:
+    """Where a folder below would get a longer path than the service takes, the rename
+    fails with ENAMETOOLONG before any file moves (not halfway, files split in two)."""
+    remote = MemRemote(dataclasses.replace(CAPS, folder_path_max=20))
+    remote.put("top", "a", b"a")
+    remote.put("top/deep/er", "f", b"f")  # 11 characters
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        await fs.rename("top", "t" * 12)  # t.../deep/er: 20
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await fs.rename("t" * 12, "t" * 13)
+        assert fuse_errno(exc) == errno.ENAMETOOLONG
+        assert sorted(f.path for f in remote.files.values()) == [
+            f"{'t' * 12}/a",
+            f"{'t' * 12}/deep/er/f",
+        ]
+        assert await fs.read_file(f"{'t' * 12}/deep/er/f") == b"f"
+
+
 async def test_rename_of_staged_file_is_local(fs: FS, remote: MemRemote) -> None:
     fh = await fs.open("tmp", os.O_WRONLY | os.O_CREAT)
     await fs.ops.write(fh, 0, b"zz")

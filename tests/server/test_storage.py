@@ -129,7 +129,6 @@ async def test_url_expiration_bounds(api: httpx.AsyncClient) -> None:
     "body",
     [
         {"folder_name": ""},
-        {"folder_name": "x" * 256},
         {"folder_name": "a/b"},
         {"folder_name": "bad\nname"},
         {"folder_name": ".."},
@@ -158,8 +157,29 @@ async def test_folder_create_is_idempotent_and_nested(api: httpx.AsyncClient) ->
     assert [f["path"] for f in children["folders"]] == ["my-project/images"]
 
 
+async def test_names_too_long(api: httpx.AsyncClient) -> None:
+    """A name past 255 characters, or a folder whose whole path would pass 1,024 (each
+    segment within bounds), is refused with its own code: a client says "name too long"."""
+    parent = "/".join(["d" * 250] * 4)  # 1,003 characters: allowed
+    r = await api.post(
+        "/files/storage/folder", json={"folder_name": "x" * 20, "parent_folder": parent}
+    )
+    assert r.status_code == 200
+    for body in (
+        {"folder_name": "x" * 256},
+        {"folder_name": "x" * 30, "parent_folder": parent},  # 1,034 with it
+    ):
+        r = await api.post("/files/storage/folder", json=body)
+        assert r.status_code == 400, body
+        assert error_code(r) == "NAME_TOO_LONG"
+    r = await api.post("/files/upload-url", json={"filename": "é" * 128})  # 256 bytes
+    assert error_code(r) == "NAME_TOO_LONG"
+    folders = (await api.get("/files/storage/folders")).json()["folders"]
+    assert max(len(f["path"]) for f in folders) == 1024
+
+
 async def test_bad_filenames(api: httpx.AsyncClient) -> None:
-    for name in ("", "a/b", "x" * 256, "tab\there", ".."):
+    for name in ("", "a/b", "tab\there", ".."):
         r = await api.post("/files/upload-url", json={"filename": name})
         assert r.status_code == 400, name
         assert error_code(r) == "INVALID_NAME"

@@ -17,6 +17,7 @@ from ..errors import (
     Forbidden,
     InvalidRequest,
     MetadataTooLarge,
+    NameTooLong,
     NotFound,
     QuotaExceeded,
     RateLimited,
@@ -40,6 +41,7 @@ _TABLE: list[tuple[type[BaseException], int]] = [
     (Conflict, errno.EPERM),
     (Unsupported, errno.ENOTSUP),
     (UnsupportedMediaType, errno.EINVAL),
+    (NameTooLong, errno.ENAMETOOLONG),
     (InvalidRequest, errno.EINVAL),
     (RateLimited, errno.EAGAIN),
 ]

@@ -599,6 +599,9 @@ class Operations(pyfuse3.Operations):
         new_root = join(self.tree.folder_of(new_parent), new_name)
         below = await self.remote.list_folders(None)
         folders = [old_root, *sorted(f.path for f in below if f.path.startswith(old_root + "/"))]
+        longest = len(new_root) + max(len(f) for f in folders) - len(old_root)
+        if self.caps.folder_path_max is not None and longest > self.caps.folder_path_max:
+            raise FUSEError(errno.ENAMETOOLONG)  # before anything moves, not halfway
         moved = {}
         for folder in folders:
             target = new_root + folder[len(old_root) :]

@@ -41,6 +41,7 @@ class Capabilities:
     # Characters no file or folder name may hold, besides control characters (protocol.md:
     # folder names hold none; the reference server refuses them in filenames too).
     name_forbidden: str = "/"
+    folder_path_max: int | None = None  # characters in a folder's whole path; None: unknown
 
     def refuses_name(self, name: str) -> bool:
         return any(c in self.name_forbidden or ord(c) < 32 or ord(c) == 127 for c in name)

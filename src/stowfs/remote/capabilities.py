@@ -132,6 +132,7 @@ def capabilities(dialect: Dialect, info: ServerInfo) -> Capabilities:
             max_file_size=info.limit("multipart_max_bytes") if multipart else post_max,
             metadata_max_bytes=metadata_max,
             name_forbidden=info.name_forbidden,
+            folder_path_max=info.limits.get("folder_path_max_chars"),
         )
     nothing: dict[str, Any] = {
         "list": False,

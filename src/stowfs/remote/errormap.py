@@ -28,6 +28,7 @@ _BY_STATUS: dict[int, type[errors.RemoteError]] = {
 }
 _BY_CODE: dict[str, type[errors.RemoteError]] = {
     "METADATA_TOO_LARGE": errors.MetadataTooLarge,
+    "NAME_TOO_LONG": errors.NameTooLong,
     "QUOTA_EXCEEDED": errors.QuotaExceeded,
     "LEGAL_HOLD": errors.Conflict,
 }

@@ -14,8 +14,10 @@ def _bad_chars(name: str) -> bool:
 
 
 def check_segment(name: str, what: str = "folder name") -> str:
-    if not 1 <= len(name) <= MAX_NAME:
-        raise bad_request(f"{what} must be 1-{MAX_NAME} characters", code="INVALID_NAME")
+    if not name:
+        raise bad_request(f"{what} must not be empty", code="INVALID_NAME")
+    if len(name) > MAX_NAME:
+        raise bad_request(f"{what} exceeds {MAX_NAME} characters", code="NAME_TOO_LONG")
     if any(c in FORBIDDEN_CHARS for c in name) or _bad_chars(name) or name in (".", ".."):
         raise bad_request(
             f"{what} {name!r} may not contain '/', '\\' or control characters",
@@ -32,7 +34,7 @@ def check_folder(path: str | None) -> str:
     if not text:
         return ""
     if len(text) > MAX_FOLDER_PATH:
-        raise bad_request(f"folder path exceeds {MAX_FOLDER_PATH} characters", code="INVALID_NAME")
+        raise bad_request(f"folder path exceeds {MAX_FOLDER_PATH} characters", code="NAME_TOO_LONG")
     for segment in text.split("/"):
         check_segment(segment)
     return text
@@ -40,7 +42,7 @@ def check_folder(path: str | None) -> str:
 
 def check_filename(name: str) -> str:
     if len(name.encode()) > MAX_NAME:
-        raise bad_request(f"filename exceeds {MAX_NAME} bytes", code="INVALID_NAME")
+        raise bad_request(f"filename exceeds {MAX_NAME} bytes", code="NAME_TOO_LONG")
     return check_segment(name, "filename")
 
 

@@ -14,7 +14,7 @@ from .config import (
     URL_EXPIRATION_MAX,
     URL_EXPIRATION_MIN,
 )
-from .names import FORBIDDEN_CHARS, MAX_NAME
+from .names import FORBIDDEN_CHARS, MAX_FOLDER_PATH, MAX_NAME
 from .state import StateDep
 
 router = APIRouter(prefix="/v1")
@@ -41,6 +41,7 @@ async def capabilities(state: StateDep) -> dict[str, Any]:
             "multipart_max_bytes": cfg.multipart_max_bytes,
             "metadata_max_bytes": METADATA_MAX_BYTES,
             "name_max_chars": MAX_NAME,
+            "folder_path_max_chars": MAX_FOLDER_PATH,
             "page_size_max": 100,
             "list_limit_max": 1000,
             "url_expiration_min": URL_EXPIRATION_MIN,

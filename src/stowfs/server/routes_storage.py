@@ -119,7 +119,7 @@ class FolderRequest(BaseModel):
 @router.post("/files/storage/folder")
 async def create_folder(body: FolderRequest, who: PrincipalDep, state: StateDep) -> dict[str, Any]:
     name = check_segment(body.folder_name)
-    path = join(check_folder(body.parent_folder), name)
+    path = check_folder(join(check_folder(body.parent_folder), name))  # the whole path too
     await state.db.write(lambda c: files.create_folder(c, who.team_id, path))
     return {"success": True, "folder_path": path}
 
