@@ -35,25 +35,22 @@ VALUES = st.recursive(
 )
 
 
+def _slow(method: str) -> Callable[..., Awaitable[Any]]:
+    async def call(self: MemRemote, *args: Any, **kw: Any) -> Any:
+        await trio.sleep(0.002)
+        return await getattr(MemRemote, method)(self, *args, **kw)
+
+    return call
+
+
 class SlowRemote(MemRemote):
     """Uploads, metadata patches, deletes and moves that take a moment, as requests do:
     the next steps' operations come while they are on their way."""
 
-    async def upload(self, *args: Any, **kw: Any) -> Any:
-        await trio.sleep(0.002)
-        return await super().upload(*args, **kw)
-
-    async def patch_metadata(self, *args: Any, **kw: Any) -> Any:
-        await trio.sleep(0.002)
-        return await super().patch_metadata(*args, **kw)
-
-    async def delete(self, *args: Any, **kw: Any) -> Any:
-        await trio.sleep(0.002)
-        return await super().delete(*args, **kw)
-
-    async def move(self, *args: Any, **kw: Any) -> Any:
-        await trio.sleep(0.002)
-        return await super().move(*args, **kw)
+    upload = _slow("upload")
+    patch_metadata = _slow("patch_metadata")
+    delete = _slow("delete")
+    move = _slow("move")
 
 
 class OpsMachine(RuleBasedStateMachine):
