@@ -5,7 +5,6 @@ model of the stateful test. Faults: `down` makes every call raise Unavailable;
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import time
 from collections import Counter
@@ -77,7 +76,7 @@ class MemRemote(Remote):
         self.down = False
         self.limit_bytes: int | None = 10 * 1024 * 1024 * 1024
         self.max_file_size: int | None = None
-        self._clock = itertools.count(1)
+        self._last = 0.0
 
     # -- helpers -------------------------------------------------------------------
     def _enter(self, method: str) -> None:
@@ -88,8 +87,9 @@ class MemRemote(Remote):
             raise self.fail.pop(method)
 
     def _now(self) -> float:
-        """Strictly increasing timestamps: 'newest' is never a tie."""
-        return 1_700_000_000.0 + next(self._clock)
+        """The wall clock, strictly increasing: 'newest' is never a tie."""
+        self._last = max(time.time(), self._last + 0.002)  # keys hold the ms
+        return self._last
 
     def _record(self, op: Literal["upsert", "delete"], f: RemoteFile) -> None:
         self.log.append(Change(op, "file", f.folder, f.key, f if op == "upsert" else None))

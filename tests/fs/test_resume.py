@@ -249,3 +249,82 @@ def test_a_journal_of_an_earlier_version_gains_the_new_columns(tmp_path: Path) -
     [entry] = journal.pending()
     assert entry.public is True
     journal.close()
+
+
+class AnswerLost(MemRemote):
+    """Each upload lands, then the service goes away before it answers: the mount cannot
+    know that it landed (as when the mount is killed at that moment)."""
+
+    landed = 0
+
+    async def upload(
+        self,
+        source: Path,
+        folder: str,
+        name: str,
+        metadata: Mapping[str, Any] | None = None,
+        **kw: Any,
+    ) -> RemoteFile:
+        await super().upload(source, folder, name, metadata, **kw)
+        self.landed += 1
+        self.down = True
+        raise Unavailable("connection dropped", status=503)
+
+
+async def written_then_cut_off(remote: MemRemote, cache: Path, data: bytes) -> None:
+    """Write `f` (write-back), and a mount that ends with the service down: its row stays."""
+    async with mounted_ops(remote, cache, write_back=0.0) as fs:
+        await fs.write_file("f", data)
+        await fs.setxattr("f", "user.prompt", b"a cat")
+        with trio.fail_after(5):
+            while not remote.down:
+                await trio.sleep(0.01)
+    journal = Journal(cache / "journal.db")
+    assert len(journal.pending()) == 1
+    journal.close()
+
+
+async def test_an_upload_that_landed_before_a_crash_is_not_sent_again(tmp_path: Path) -> None:
+    """The next mount finds the object and keeps it (with the metadata set meanwhile)
+    instead of uploading a second one: the file would show twice."""
+    remote = AnswerLost()
+    old = remote.put("", "f", b"old bytes")
+    cache = tmp_path / "cache"
+    await written_then_cut_off(remote, cache, b"new bytes")
+    assert remote.landed == 1
+    assert len(remote.by_path("f")) == 2  # landed; the old one not deleted yet
+    remote.down = False
+    async with mounted_ops(remote, cache) as fs:
+        with trio.fail_after(5):
+            while old.key in remote.files:
+                await trio.sleep(0.01)
+        assert await fs.read_file("f") == b"new bytes"
+    [f] = remote.by_path("f")
+    assert remote.blobs[f.key] == b"new bytes"
+    assert f.metadata["prompt"] == "a cat"
+    assert remote.landed == 1  # never sent again
+    journal = Journal(cache / "journal.db")
+    assert journal.pending() == []
+    journal.close()
+
+
+async def test_an_older_object_of_the_same_bytes_is_not_taken_for_the_upload(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """Another `f` with these very bytes, made long before they were written, is a file of
+    its own: the journaled upload still goes, and that one stays as it was."""
+    older = remote.put("", "f", b"same bytes", {"prompt": "older"})
+    older = remote.files[older.key] = dataclasses.replace(older, created_at=older.created_at - 3600)
+    newer = remote.put("", "f", b"other bytes")
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
+        await fs.write_file("f", b"same bytes")  # replaces `newer`, the one shown as f
+        remote.down = True  # no upload, no clean unmount: as after a kill -9
+    remote.down = False
+    async with mounted_ops(remote, cache):
+        with trio.fail_after(5):
+            while newer.key in remote.files:
+                await trio.sleep(0.01)
+    assert remote.files[older.key] == older
+    [new] = [f for f in remote.by_path("f") if f.key != older.key]
+    assert remote.blobs[new.key] == b"same bytes"

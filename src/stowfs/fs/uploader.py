@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ..checksum import md5_file
 from ..errors import InvalidRequest, NotFound, StowfsError, TooLarge, UnsupportedMediaType
 from ..remote.base import Remote, RemoteFile, UploadCheckpoint
 from . import staging
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 REFUSED = (TooLarge, UnsupportedMediaType, InvalidRequest)
 MAX_BACKOFF = 300.0
 PARALLEL = 8  # background uploads at a time
+# How far the service's clock may lag ours, for telling an upload that landed from an
+# older object of the same bytes.
+CLOCK_SKEW = 300.0
 T = TypeVar("T")
 
 
@@ -428,9 +432,10 @@ class Uploader:
     async def _resume_orphans(self) -> bool:
         """Upload rows left by an earlier mount; True when all went."""
         left = []
+        listings: dict[str, list[RemoteFile]] = {}  # folder -> its files, once a pass
         for entry in self._orphans:
             try:
-                await self._resume(entry)
+                await self._resume(entry, listings)
             except REFUSED as exc:
                 await self._forget(entry, f"refused by the remote ({exc}); the change was not kept")
             except (StowfsError, OSError) as exc:  # OSError: its staging file unreadable
@@ -447,22 +452,28 @@ class Uploader:
         await trio.to_thread.run_sync(partial(entry.staging.unlink, missing_ok=True))
         await self.journaled(entry.name, self.journal.remove, entry.id)
 
-    async def _resume(self, entry: Entry) -> None:
+    async def _resume(self, entry: Entry, listings: dict[str, list[RemoteFile]]) -> None:
         if not await trio.to_thread.run_sync(entry.staging.exists):
             await self._forget(entry, "lost its staging file")
             return
-        # Parts land in entry.progress's checkpoint itself: a second try resumes too.
-        new = await self._upload(
-            entry.staging,
-            entry.folder,
-            entry.name,
-            entry.metadata,
-            entry.progress,
-            entry.id,
-            lambda progress: None,
-            lambda: entry.metadata,
-            lambda: entry.public,
-        )
+        new = await self._landed(entry, listings)
+        if new is not None:
+            log.info("upload of %s/%s had landed before the mount ended", entry.folder, entry.name)
+            new = await self._patch_since(new, {}, lambda: entry.metadata)
+            new = await self._make_public(new, lambda: entry.public)
+        else:
+            # Parts land in entry.progress's checkpoint itself: a second try resumes too.
+            new = await self._upload(
+                entry.staging,
+                entry.folder,
+                entry.name,
+                entry.metadata,
+                entry.progress,
+                entry.id,
+                lambda progress: None,
+                lambda: entry.metadata,
+                lambda: entry.public,
+            )
         if self.drop_folder:
             await self.journaled(new.name, self.journal.add_drop, new)
         if entry.replaces and entry.replaces != new.key:
@@ -473,6 +484,30 @@ class Uploader:
         parent = self.tree.find_dir(entry.folder)
         if parent is not None:
             parent.listed_at = None  # show the resumed file
+
+    async def _landed(
+        self, entry: Entry, listings: dict[str, list[RemoteFile]]
+    ) -> RemoteFile | None:
+        """The object an earlier mount's upload made, if it landed and that mount ended
+        before its row went (a crash, a kill -9): uploading it again would show the file
+        twice. Known by name, size and MD5, and made after its bytes were written."""
+        if not self.remote.capabilities.list:
+            return None  # a drop folder cannot look: its record has what landed
+        stat = await trio.to_thread.run_sync(os.stat, entry.staging)
+        if entry.folder not in listings:
+            listings[entry.folder] = await self.remote.list_folder(entry.folder)
+        alike = [
+            f
+            for f in listings[entry.folder]
+            if f.name == entry.name
+            and f.key != entry.replaces
+            and f.size == stat.st_size
+            and f.created_at >= stat.st_mtime - CLOCK_SKEW
+        ]
+        if not alike:
+            return None
+        md5 = await md5_file(entry.staging)
+        return next((f for f in alike if f.checksum == md5), None)
 
     # -- shutdown ----------------------------------------------------------------------
     def pending_nodes(self) -> list[Node]:

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
+from ..checksum import md5_file
 from . import records
 from .base import CheckpointHook, ProgressHook, RemoteFile, UploadCheckpoint
 from .capabilities import ServerInfo
 from .common import HttpRemote
 from .transport import Transport
 from .tuning import Tuning
-from .upload import FileSlice, Multipart, NewObject, Uploaded, etag_md5, md5_file
+from .upload import FileSlice, Multipart, NewObject, Uploaded, etag_md5
 
 log = logging.getLogger("stowfs.remote")
 

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import trio
 
 from .. import errors
+from ..checksum import md5_file
 from . import records
 from .base import (
     ChangeBatch,
@@ -31,7 +32,7 @@ from .common import HttpRemote
 from .listdiff import ListingDiff
 from .transport import OutcomeUnknown, Transport, document
 from .tuning import Tuning
-from .upload import Multipart, NewObject, Uploaded, etag_md5, form_body, md5_file
+from .upload import Multipart, NewObject, Uploaded, etag_md5, form_body
 
 log = logging.getLogger("stowfs.remote")
 

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from .. import errors
+from ..checksum import md5_file
 from ..tasks import open_nursery
 from .base import CheckpointHook, ProgressHook, UploadCheckpoint
 from .capabilities import ServerInfo
@@ -39,18 +40,6 @@ def etag_md5(etag: str | None) -> str | None:
     """The MD5 an ETag carries, if it is a plain one (not S3's multipart `md5-N`)."""
     value = (etag or "").strip().removeprefix("W/").strip('"').lower()
     return value if _MD5_HEX.match(value) else None
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(4 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-async def md5_file(path: Path) -> str:
-    return await trio.to_thread.run_sync(_md5_file, path, abandon_on_cancel=True)
 
 
 class FileSlice:
