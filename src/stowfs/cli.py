@@ -27,12 +27,19 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (StowfsError, OSError) as exc:
-            click.echo(f"stowfs: {exc}", err=True)
+            click.echo(f"stowfs: {_one_line(exc)}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(exc: Exception) -> str:
+    """`path: reason`, as Unix tools say it, for an OS error about a file."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 @click.group()

@@ -316,6 +316,16 @@ def test_mount_errors_are_one_line(live_server: LiveServer, tmp_path: Path) -> N
         assert done.returncode != 0
         assert expected in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "cache"  # a cache dir that cannot be made
+    cmd = m.command()
+    cmd[cmd.index(str(m.cache))] = str(cache)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.startswith(f"stowfs: {cache}")  # the path first, as Unix tools say
+    assert "Not a directory" in done.stderr
+    assert "Errno" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_busy_mountpoint(mount: Mount) -> None:
