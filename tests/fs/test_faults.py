@@ -1,5 +1,6 @@
-"""Faults with a real mount: the server goes down and comes back; random writes
-through the mount against a local reference copy, also after a remount."""
+"""Faults with a real mount: the server goes down and comes back; parallel copies through
+a network that drops and delays; random writes through the mount against a local
+reference copy, also after a remount."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import PIPE
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.fs.mountfix import Mount, drop_page_cache, new_mount, wait_for
 from tests.livesrv import LiveServer, create_key, start_server
+from tests.remote.faultproxy import FaultProxy, proxy_in_thread
 
 
 @pytest.fixture
@@ -109,3 +113,68 @@ def test_random_writes_match_a_reference(live_server: LiveServer, tmp_path: Path
             assert m.remote_bytes(m.remote_file(path.name)) == path.read_bytes()
     finally:
         m.unmount()
+
+
+def test_parallel_copies_through_a_faulty_network_lose_nothing(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """8 cp processes at once while the network drops requests and answers and the
+    service answers 503 and 429: every cp succeeds, and each file is stored once, whole."""
+    port = urlsplit(live_server.base_url).port
+    assert port is not None
+    rng = random.Random(7)
+    src = tmp_path / "src"
+    copied: dict[str, bytes] = {}
+    for i in range(8):
+        (src / f"d{i}").mkdir(parents=True)
+        for j in range(4):
+            copied[f"d{i}/f{j}"] = rng.randbytes(rng.randint(1, 300_000))
+            (src / f"d{i}/f{j}").write_bytes(copied[f"d{i}/f{j}"])
+    with proxy_in_thread(FaultProxy(port)) as proxy:
+        m = new_mount(tmp_path, proxy.base_url(), live_server.new_key())
+        m.start("--retry-time", "30")
+        try:
+            rules = [
+                proxy.add("drop_response", "/v1/upload", method="POST", times=3),
+                proxy.add("drop_request", "/v1/upload", method="POST", times=2),
+                proxy.add("respond", "/v1/upload", method="POST", status=503, times=3),
+                proxy.add("drop_request", "/files/upload-url", times=2),
+                proxy.add("respond", "/files/upload-url", status=429, headers={"Retry-After": "1"}),
+                proxy.add("delay", "/files/upload-url", delay=0.5, times=4),
+            ]
+            cps = [
+                subprocess.Popen(["cp", "-r", str(src / f"d{i}"), str(m.path)], stderr=PIPE)
+                for i in range(8)
+            ]
+            for cp in cps:
+                _, err = cp.communicate(timeout=120)
+                assert cp.returncode == 0, err
+            assert [r.times for r in rules] == [0] * len(rules)  # every fault happened
+            stored: dict[str, bytes] = {}
+            for f in m.remote_files():
+                path = f"{f['folder']}/{f['filename']}"
+                assert path not in stored, f"{path} is stored twice"
+                stored[path] = m.remote_bytes(f)
+            assert stored == copied
+            for i in range(8):
+                assert sorted(os.listdir(m.path / f"d{i}")) == [f"f{j}" for j in range(4)]
+        finally:
+            m.unmount()
+        # Read back on a fresh mount (empty caches) while downloads break.
+        (tmp_path / "fresh").mkdir()
+        fresh = new_mount(tmp_path / "fresh", proxy.base_url(), m.key)
+        fresh.start("--retry-time", "30")
+        try:
+            rules = [
+                proxy.add("cut_body", "/v1/dl/", after_bytes=1000, times=3),
+                proxy.add("respond", "/v1/dl/", status=503, times=2),
+                proxy.add("drop_request", "/v1/dl/"),
+            ]
+            cat = subprocess.run(
+                ["cat", *sorted(copied)], cwd=fresh.path, capture_output=True, timeout=120
+            )
+            assert cat.returncode == 0, cat.stderr
+            assert cat.stdout == b"".join(copied[path] for path in sorted(copied))
+            assert [r.times for r in rules] == [0] * len(rules)
+        finally:
+            fresh.unmount()

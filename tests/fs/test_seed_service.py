@@ -5,18 +5,16 @@ capabilities document, no change feed, no server move, no folder delete, no plan
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import trio
 
 from tests.fs.mountfix import Mount, new_mount, wait_for
 from tests.fs.test_mount import fails, sh
 from tests.livesrv import LiveServer
-from tests.remote.faultproxy import FaultProxy
+from tests.remote.faultproxy import FaultProxy, proxy_in_thread
 
 EXTENSIONS = [  # (method, path) of what the reference server adds to the seed
     ("GET", "/v1/capabilities"),
@@ -36,25 +34,8 @@ def seed_proxy(live_server: LiveServer) -> Iterator[FaultProxy]:
     proxy = FaultProxy(port)
     for method, path in EXTENSIONS:
         proxy.add("respond", path, method=method, status=404, body=NOT_FOUND, times=10**9)
-    ready = threading.Event()
-    holder: list[tuple[trio.lowlevel.TrioToken, trio.CancelScope]] = []
-
-    async def serve() -> None:
-        with trio.CancelScope() as scope:
-            holder.append((trio.lowlevel.current_trio_token(), scope))
-            async with trio.open_nursery() as nursery:
-                await nursery.start(proxy.serve)
-                ready.set()
-
-    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with proxy_in_thread(proxy):
         yield proxy
-    finally:
-        token, scope = holder[0]
-        trio.from_thread.run_sync(scope.cancel, trio_token=token)
-        thread.join(10)
 
 
 @pytest.fixture

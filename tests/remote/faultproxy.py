@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -184,3 +186,28 @@ class FaultProxy:
             await client.send_all(out + resp_body[: rule.after_bytes])
             return
         await client.send_all(out + resp_body)
+
+
+@contextlib.contextmanager
+def proxy_in_thread(proxy: FaultProxy) -> Iterator[FaultProxy]:
+    """Serve `proxy` from a thread of its own, for tests that drive a mount with blocking
+    shell tools; rules may be added from the test meanwhile."""
+    ready = threading.Event()
+    holder: list[tuple[trio.lowlevel.TrioToken, trio.CancelScope]] = []
+
+    async def serve() -> None:
+        with trio.CancelScope() as scope:
+            holder.append((trio.lowlevel.current_trio_token(), scope))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(proxy.serve)
+                ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield proxy
+    finally:
+        token, scope = holder[0]
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        thread.join(10)
