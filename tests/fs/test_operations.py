@@ -287,6 +287,34 @@ async def test_rename_folder_while_a_file_lands_in_it_elsewhere(fs: FS, remote: 
     assert await fs.listdir("x") == ["late"]
 
 
+async def test_a_folder_rename_that_breaks_halfway_shows_where_each_file_is(
+    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service goes away after the first file moved: the rename fails (EIO) and the
+    mount shows both folders as the service has them, each file readable, at once."""
+    for name in "123":
+        remote.put("x", name, name.encode())
+    assert await fs.listdir("x") == ["1", "2", "3"]
+    moved = remote.move
+
+    async def one_then_down(file: RemoteFile, folder: str, name: str) -> RemoteFile:
+        new = await moved(file, folder, name)
+        remote.down = True
+        return new
+
+    monkeypatch.setattr(remote, "move", one_then_down)
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.rename("x", "z")
+    assert fuse_errno(exc) == errno.EIO
+    remote.down = False
+    assert sorted(f.path for f in remote.files.values()) == ["x/2", "x/3", "z/1"]
+    assert await fs.listdir() == ["x", "z"]
+    assert await fs.listdir("x") == ["2", "3"]
+    assert await fs.listdir("z") == ["1"]
+    for path in ("x/2", "x/3", "z/1"):
+        assert await fs.read_file(path) == path[-1].encode()
+
+
 async def test_rename_folder_where_folders_cannot_be_removed(tmp_path: Path) -> None:
     """The seed's storage API has no folder delete: the files move, the rename is done,
     and the old folder stays, empty, as the service keeps it."""

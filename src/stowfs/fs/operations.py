@@ -603,11 +603,18 @@ class Operations(pyfuse3.Operations):
         if self.caps.folder_path_max is not None and longest > self.caps.folder_path_max:
             raise FUSEError(errno.ENAMETOOLONG)  # before anything moves, not halfway
         moved = {}
-        for folder in folders:
-            target = new_root + folder[len(old_root) :]
-            await self.remote.mkdir(target)
-            for file in await self.remote.list_folder(folder):
-                moved[file.key] = await self.remote.move(file, target, file.name)
+        try:
+            for folder in folders:
+                target = new_root + folder[len(old_root) :]
+                await self.remote.mkdir(target)
+                for file in await self.remote.list_folder(folder):
+                    moved[file.key] = await self.remote.move(file, target, file.name)
+        except BaseException:
+            # Broken off halfway: the new folder and some files may be there now. List
+            # both sides again, so that each file shows where the service has it.
+            for stale in (self.tree.nodes[node.parent], new_parent, *self.tree.walk(node)):
+                stale.listed_at = None
+            raise
         if self.caps.rmdir:
             for folder in reversed(folders):
                 try:
