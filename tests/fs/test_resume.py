@@ -328,3 +328,27 @@ async def test_an_older_object_of_the_same_bytes_is_not_taken_for_the_upload(
     assert remote.files[older.key] == older
     [new] = [f for f in remote.by_path("f") if f.key != older.key]
     assert remote.blobs[new.key] == b"same bytes"
+
+
+async def test_a_read_only_mount_keeps_journaled_uploads_for_a_writable_one(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """Read-only means nothing is written to the service: an earlier mount's pending
+    upload is neither sent nor dropped, and goes with the next writable mount."""
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
+        await fs.write_file("f", b"pending")
+        remote.down = True  # no upload, no clean unmount: as after a kill -9
+    remote.down = False
+    async with mounted_ops(remote, cache, read_only=True) as fs:
+        assert await fs.listdir() == []
+    assert remote.files == {}
+    journal = Journal(cache / "journal.db")
+    [entry] = journal.pending()
+    journal.close()
+    assert entry.staging.read_bytes() == b"pending"
+    async with mounted_ops(remote, cache):
+        with trio.fail_after(5):
+            while not remote.by_path("f"):
+                await trio.sleep(0.01)
+    assert remote.blobs[stored(remote, "f").key] == b"pending"

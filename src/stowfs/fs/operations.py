@@ -109,7 +109,13 @@ class Operations(pyfuse3.Operations):
             options.cache_dir / "blocks", options.cache_max_size, options.block_size
         )
         self.uploader = Uploader(
-            remote, self.tree, self.journal, options.write_back, self._spawn, self.staging_dir
+            remote,
+            self.tree,
+            self.journal,
+            options.write_back,
+            self._spawn,
+            self.staging_dir,
+            options.read_only,
         )
         self.reader: Reader | None = None
         self.handles: dict[int, FileHandle | DirHandle] = {}

@@ -53,8 +53,10 @@ class Uploader:
         write_back: float | None,
         spawn: Spawn,
         staging_dir: Path,
+        read_only: bool,
     ) -> None:
         self.remote = remote
+        self.read_only = read_only  # an earlier mount's uploads wait for a writable one
         self.staging_dir = staging_dir
         self.tree = tree
         self.journal = journal
@@ -376,9 +378,16 @@ class Uploader:
         """Background uploads (write-back, retries, an earlier mount's journal), several
         at a time."""
         self._orphans = await trio.to_thread.run_sync(self.journal.pending)
-        if self._orphans:
-            log.warning("resuming %d journaled upload(s) of an earlier mount", len(self._orphans))
         keep = {entry.staging.name for entry in self._orphans}
+        if self._orphans and self.read_only:
+            log.warning(
+                "%d journaled upload(s) of an earlier mount are kept for a writable mount:"
+                " this one is read-only",
+                len(self._orphans),
+            )
+            self._orphans = []
+        elif self._orphans:
+            log.warning("resuming %d journaled upload(s) of an earlier mount", len(self._orphans))
         stray = await trio.to_thread.run_sync(staging.sweep, self.staging_dir, keep)
         if stray:
             log.info("removed %d staging file(s) of writes never closed", stray)
