@@ -257,15 +257,8 @@ class AnswerLost(MemRemote):
 
     landed = 0
 
-    async def upload(
-        self,
-        source: Path,
-        folder: str,
-        name: str,
-        metadata: Mapping[str, Any] | None = None,
-        **kw: Any,
-    ) -> RemoteFile:
-        await super().upload(source, folder, name, metadata, **kw)
+    async def upload(self, *args: Any, **kw: Any) -> RemoteFile:
+        await super().upload(*args, **kw)
         self.landed += 1
         self.down = True
         raise Unavailable("connection dropped", status=503)
