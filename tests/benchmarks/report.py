@@ -456,6 +456,10 @@ def render(results: Results, charts: list[str]) -> str:
         "",
         "### Where stowfs is slower than rclone mount",
         "",
+        "Figures quoted from probes (not from the tables) were taken on the machine of an"
+        " earlier run, on 2026-12-01 and 2026-12-02: they scale with the machine's speed, as"
+        " the tables do.",
+        "",
         *slower_section(results),
         "",
         "### Where the mount's time goes (py-spy)",
