@@ -291,6 +291,17 @@ class Uploader:
             source, folder, name, metadata, checkpoint=checkpoint, on_checkpoint=on_checkpoint
         )
         sent = {**(begun.begun_with if begun is not None else {}), **metadata}
+        return await self._bring_to(new, sent, wanted, public)
+
+    async def _bring_to(
+        self,
+        new: RemoteFile,
+        sent: dict[str, Any],
+        wanted: Callable[[], dict[str, Any]],
+        public: Callable[[], bool | None],
+    ) -> RemoteFile:
+        """A stored object's metadata brought to `wanted()`, then its visibility to
+        `public()`."""
         new = await self._patch_since(new, sent, wanted)
         return await self._make_public(new, public)
 
@@ -468,8 +479,7 @@ class Uploader:
         new = await self._landed(entry, listings)
         if new is not None:
             log.info("upload of %s/%s had landed before the mount ended", entry.folder, entry.name)
-            new = await self._patch_since(new, {}, lambda: entry.metadata)
-            new = await self._make_public(new, lambda: entry.public)
+            new = await self._bring_to(new, {}, lambda: entry.metadata, lambda: entry.public)
         else:
             # Parts land in entry.progress's checkpoint itself: a second try resumes too.
             new = await self._upload(
