@@ -171,7 +171,11 @@ def test_tools_that_copy_xattrs(mount: Mount, tmp_path: Path) -> None:
     sh("rsync", "-aX", f"{local}/plain.txt", mnt)  # removes the facts rsync finds
     sh("tar", "--xattrs", "-cf", tmp_path / "t.tar", "-C", local, "gen.png")
     sh("mkdir", mnt / "x")
+    cursor = mount.api().get("/files/storage/changes", params={"cursor": "latest"}).json()
     sh("tar", "--xattrs", "-xf", tmp_path / "t.tar", "-C", mnt / "x")
+    feed = mount.api().get("/files/storage/changes", params={"cursor": cursor["cursor"]})
+    # mknod, setxattr, then the bytes: one object, not an empty one replaced
+    assert [(c["op"], c["size"]) for c in feed.json()["changes"]] == [("upsert", 3)]
     for name in ("copy.png", "synced.png", "x/gen.png"):
         record = mount.remote_file(name)
         assert (record["metadata"]["prompt"], record["metadata"]["seed"]) == ("a red fox", 7)

@@ -28,6 +28,7 @@ from stowfs.errors import (
 )
 from stowfs.fs.journal import Journal
 from stowfs.fs.names import disambiguated
+from stowfs.fs.operations import MKNOD_GRACE
 from stowfs.fs.tree import ROOT
 from stowfs.remote.base import Change, RemoteFile, UploadCheckpoint
 from tests.fs.harness import CTX, FS, mounted_ops, read_entries, setattr_
@@ -526,19 +527,38 @@ async def test_refused_node_types(fs: FS) -> None:
         assert fuse_errno(exc) == errno.EPERM
 
 
-async def test_mknod_of_a_regular_file_makes_an_empty_file(fs: FS, remote: MemRemote) -> None:
-    """As `tar --xattrs` does before it sets the xattrs and writes the bytes."""
+async def test_mknod_of_a_regular_file_makes_an_empty_file(
+    fs: FS, remote: MemRemote, autojump_clock: object
+) -> None:
     attr = await fs.ops.mknod(ROOT, b"t", stat.S_IFREG | 0o644, 0, CTX)
     assert (stat.S_ISREG(attr.st_mode), attr.st_size) == (True, 0)
+    assert ((await fs.stat("t")).st_size, remote.calls["upload"]) == (0, 0)
+    await trio.sleep(MKNOD_GRACE + 1)
     [f] = remote.by_path("t")
     assert remote.blobs[f.key] == b""
-    await fs.setxattr("t", "user.seed", b"7")
-    await fs.write_file("t", b"bytes")
-    [f] = remote.by_path("t")
-    assert (remote.blobs[f.key], f.metadata["seed"]) == (b"bytes", 7)
     with pytest.raises(pyfuse3.FUSEError) as exc:
         await fs.ops.mknod(ROOT, b"t", 0o644, 0, CTX)
     assert fuse_errno(exc) == errno.EEXIST
+
+
+async def test_a_file_made_by_mknod_then_written_is_one_upload(
+    fs: FS, remote: MemRemote, patient_clock: object
+) -> None:
+    """As `tar --xattrs` does: mknod, setxattr, then open (no O_TRUNC), write, close.
+    The close sends the object once, with its metadata: no empty object first, no
+    metadata patch, no replacement (it used to take all three)."""
+    await fs.listdir()
+    await fs.ops.mknod(ROOT, b"t", stat.S_IFREG | 0o644, 0, CTX)
+    await fs.setxattr("t", "user.seed", b"7")
+    await fs.write_file("t", b"bytes", flags=0)
+    [f] = remote.by_path("t")
+    assert (remote.blobs[f.key], f.metadata["seed"]) == (b"bytes", 7)
+    await trio.sleep(MKNOD_GRACE + 1)  # the deferred upload has nothing left to do
+    assert (remote.calls["upload"], remote.calls["patch_metadata"], remote.calls["delete"]) == (
+        1,
+        0,
+        0,
+    )
 
 
 async def test_names_the_remote_refuses_fail_at_once(tmp_path: Path) -> None:
@@ -915,6 +935,45 @@ async def test_a_rewrite_journaled_during_an_upload_replaces_what_that_upload_st
         with trio.fail_after(5):
             while [remote.blobs[f.key] for f in remote.by_path("a")] != [b"v2"]:
                 await trio.sleep(0.01)
+
+
+async def test_write_back_waits_for_a_writer_to_close(
+    remote: MemRemote, tmp_path: Path, patient_clock: object
+) -> None:
+    """Due while the file is open again for writing: uploading then would send a state
+    between two writes (and then all of it again). It goes once, at the close."""
+    async with mounted_ops(remote, tmp_path / "c", write_back=1.0) as fs:
+        await fs.write_file("a", b"v1")
+        fh = await fs.open("a", os.O_WRONLY)
+        await fs.ops.write(fh, 0, b"v2-half")
+        await trio.sleep(3)
+        assert remote.calls["upload"] == 0
+        await fs.ops.write(fh, 7, b"-rest")
+        await fs.close(fh)
+        with trio.fail_after(10):
+            while not remote.files:
+                await trio.sleep(0.1)
+        [f] = remote.by_path("a")
+        assert (remote.blobs[f.key], remote.calls["upload"]) == (b"v2-half-rest", 1)
+
+
+async def test_an_upload_due_between_flush_and_release_goes_at_release(
+    remote: MemRemote, tmp_path: Path, patient_clock: object
+) -> None:
+    """--write-back 0: the kernel's release comes after the flush that scheduled the
+    upload; it must not be skipped for good because the writer was still open."""
+    async with mounted_ops(remote, tmp_path / "c", write_back=0.0) as fs:
+        fh = await fs.open("b", os.O_WRONLY | os.O_CREAT)
+        await fs.ops.write(fh, 0, b"bytes")
+        await fs.ops.flush(fh)
+        await trio.sleep(1)
+        assert remote.calls["upload"] == 0
+        await fs.ops.release(fh)
+        with trio.fail_after(10):
+            while not remote.files:
+                await trio.sleep(0.1)
+        [f] = remote.by_path("b")
+        assert remote.blobs[f.key] == b"bytes"
 
 
 async def test_write_back_retries_and_catches_a_rewrite_made_while_uploading(

@@ -41,6 +41,7 @@ FUSEError = pyfuse3.FUSEError
 _USER = xattrs.USER.encode()
 USAGE_TTL = 5.0
 ROOM = 64 * 1024 * 1024  # cached blocks given up at once when staging fills the disk
+MKNOD_GRACE = 1.0  # seconds a file made by mknod waits for its bytes (see mknod)
 
 
 @dataclass
@@ -408,6 +409,7 @@ class Operations(pyfuse3.Operations):
             self._writable()
             if flags & os.O_TRUNC:
                 await self._truncate(node, 0)
+            node.writers += 1
         node.opens += 1
         keep = node.kernel_version is not None and node.kernel_version == node.version
         node.kernel_version = node.version
@@ -439,6 +441,7 @@ class Operations(pyfuse3.Operations):
         node = self.tree.new(parent, text, False, staged=staged, created=now)
         node.lookups += 1
         node.opens += 1
+        node.writers += 1
         # Journaled at close (commit): a file still being written is not resumed
         # half-written after a crash.
         info = pyfuse3.FileInfo(fh=self._fh(FileHandle(node, True)))
@@ -503,6 +506,9 @@ class Operations(pyfuse3.Operations):
         handle.seq.stop()
         node = handle.node
         node.opens -= 1
+        if handle.writable:
+            node.writers -= 1
+            self.uploader.closed(node)
         if node.opens == 0 and node.staged is not None and not node.staged.pending:
             node.staged.discard()  # its bytes are on the remote now
             node.staged = None
@@ -657,14 +663,16 @@ class Operations(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        """A regular file is an empty file, as `touch` makes (`tar --xattrs` creates
-        files this way to set their xattrs before their bytes); devices, FIFOs and
-        sockets are refused."""
+        """A regular file is an empty file, as `touch` makes; devices, FIFOs and sockets
+        are refused. `tar --xattrs` makes files this way, sets their xattrs, then opens
+        them for their bytes: the upload waits MKNOD_GRACE seconds (journaled, as with
+        --write-back) so that the close that follows sends one object, not an empty
+        one, a metadata patch and a replacement."""
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             raise FUSEError(errno.EPERM)
         info, attr = await self.create(parent_inode, name, mode, os.O_WRONLY | os.O_EXCL, ctx)
         try:
-            await self.flush(info.fh)
+            await self.uploader.commit(self._file_handle(info.fh).node, defer=MKNOD_GRACE)
         finally:
             await self.release(info.fh)
         return attr

@@ -46,6 +46,7 @@ class Node:
     staged: Staged | None = None
     lookups: int = 0
     opens: int = 0
+    writers: int = 0  # of the opens, those for writing: their close commits the bytes
     attached: bool = True
     # directories
     children: dict[str, pyfuse3.InodeT] = field(default_factory=dict)

@@ -69,6 +69,7 @@ class Uploader:
         self._heap: list[tuple[float, int, Node]] = []
         self._order = itertools.count()
         self._backoff: dict[Node, float] = {}
+        self._waiting: set[Node] = set()  # came due while open for writing
         self._orphans: list[Entry] = []  # journal rows of an earlier mount
         self._active: set[Node] = set()  # uploading in the background now
         self._quiet = trio.Event()  # set while nothing uploads in the background
@@ -135,15 +136,17 @@ class Uploader:
                 if removed is not None:
                     staged.journal_id = None
 
-    async def commit(self, node: Node) -> None:
-        """Called on close: upload now (errors raised) or schedule it (write-back)."""
+    async def commit(self, node: Node, defer: float | None = None) -> None:
+        """Called on close: upload now (errors raised) or schedule it (write-back, or
+        `defer` seconds at least)."""
         staged = node.staged
         if staged is None or not staged.dirty:
             return
         journaled = await self.record(node)
         await self._journal_stream(staged, self.streamer.progress(staged))
-        if self.write_back is not None and journaled:
-            self.schedule(node, self.write_back)
+        delays = [d for d in (self.write_back, defer) if d is not None]
+        if delays and journaled:
+            self.schedule(node, max(delays))
             return
         if self.write_back is not None:
             log.warning("%s: uploading at close: a crash would lose it unjournaled", node.name)
@@ -163,6 +166,12 @@ class Uploader:
         except REFUSED:
             await self.reject(node)
             raise
+
+    def closed(self, node: Node) -> None:
+        """A writer closed: an upload that came due while the file was open goes now."""
+        if not node.writers and node in self._waiting:
+            self._waiting.discard(node)
+            self.schedule(node, 0)
 
     def schedule(self, node: Node, delay: float) -> None:
         self._due[node] = due = trio.current_time() + delay
@@ -194,6 +203,7 @@ class Uploader:
         of an interrupted upload, no journal row."""
         staged.uploaded = staged.generation
         self._due.pop(node, None)
+        self._waiting.discard(node)
         self.streamer.abandon(staged)
         if staged.progress is not None:
             await self.remote.abort_upload(staged.progress.checkpoint)
@@ -432,7 +442,12 @@ class Uploader:
         try:
             async with self._parallel:
                 if node.staged is not None and node.staged.dirty:
-                    await self._attempt(node)
+                    if node.writers:
+                        # Uploading now would send a state between two writes, then
+                        # send it all again: it goes when the last writer closes.
+                        self._waiting.add(node)
+                    else:
+                        await self._attempt(node)
         except REFUSED:
             pass  # dropped: retrying would never do
         except (StowfsError, OSError) as exc:
