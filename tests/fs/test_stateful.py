@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from stowfs.fs import xattrs
-from tests.fs.harness import FS, mounted_ops, setattr_
+from tests.fs.harness import CTX, FS, mounted_ops, setattr_
 from tests.fs.memremote import MemRemote
 
 T = TypeVar("T")
@@ -64,6 +65,7 @@ class OpsMachine(RuleBasedStateMachine):
         self.theirs: list[str] = []  # files another client made (feed-shown names)
         self.remote = SlowRemote()
         self.seen = 0  # of the remote's change log: what the feed has given so far
+        self.deferred = False  # a file made by mknod may wait for its upload
         self.tmp = Path(tempfile.mkdtemp())
         ready = threading.Event()
         self._stop: trio.Event | None = None
@@ -119,6 +121,23 @@ class OpsMachine(RuleBasedStateMachine):
         self.run(lambda fs: fs.write_file(path, content))
         self.files[path] = content
         self.meta.setdefault(path, {})  # an edit keeps the metadata
+
+    @rule(data=st.data(), name=NAMES)
+    def mknod(self, data: st.DataObject, name: str) -> None:
+        """Its upload waits a moment (for the bytes, as `tar --xattrs` writes them next),
+        racing the rules that follow."""
+        path = self.join(self.folder(data), name)
+        if self.taken(path):
+            return
+
+        async def go(fs: FS) -> None:
+            parent, leaf = await fs.split(path)
+            await fs.ops.mknod(parent, leaf, stat.S_IFREG | 0o644, 0, CTX)
+
+        self.run(go)
+        self.files[path] = b""
+        self.meta[path] = {}
+        self.deferred = True
 
     @precondition(lambda self: bool(self.files))
     @rule(data=st.data(), chunk=DATA, offset=st.integers(0, 4000))
@@ -290,8 +309,9 @@ class OpsMachine(RuleBasedStateMachine):
 
     @invariant()
     def remote_matches_model(self) -> None:
-        if self.WRITE_BACK is not None:  # background uploads may still run: wait for them
+        if self.WRITE_BACK is not None or self.deferred:  # background uploads: wait for them
             self.run(lambda fs: fs.ops.uploader.drain())
+            self.deferred = False
         remote = {f.path: self.remote.blobs[f.key] for f in self.remote.files.values()}
         assert len(remote) == len(self.remote.files)  # no leftover duplicates
         assert remote == self.files
