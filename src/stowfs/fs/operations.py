@@ -30,6 +30,7 @@ from .errnos import fuse_error, handler
 from .journal import Journal
 from .names import NAME_MAX, visible_names
 from .options import MountOptions
+from .prefetch import Prefetcher
 from .reader import Reader, ReadState
 from .staging import Staged
 from .tree import ROOT, Invalidate, Node, Tree, join
@@ -119,6 +120,7 @@ class Operations(pyfuse3.Operations):
             options.read_only,
         )
         self.reader: Reader | None = None
+        self.prefetch: Prefetcher | None = None
         self.handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1
         self._usage: tuple[float, Usage] | None = None
@@ -133,6 +135,7 @@ class Operations(pyfuse3.Operations):
         self.reader = Reader(
             self.remote, self.cache, self._spawn, max_window=self.options.read_ahead
         )
+        self.prefetch = Prefetcher(self.tree, self.reader, self._spawn)
         await nursery.start(self.uploader.run)
         if not self.caps.list:
             root = self.tree.nodes[ROOT]
@@ -410,6 +413,8 @@ class Operations(pyfuse3.Operations):
             if flags & os.O_TRUNC:
                 await self._truncate(node, 0)
             node.writers += 1
+        elif self.prefetch is not None:
+            self.prefetch.opened(node)
         node.opens += 1
         keep = node.kernel_version is not None and node.kernel_version == node.version
         node.kernel_version = node.version
