@@ -7,7 +7,6 @@ process sharing the data dir signs with the same secret.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import os
@@ -38,8 +37,9 @@ class Signer:
         self._secret = secret
 
     def sign(self, *parts: str | int) -> str:
-        msg = "\n".join(str(p) for p in parts).encode()
-        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+        # One-shot HMAC in C: a page of 1,000 records signs 1,000 URLs.
+        msg = "\n".join(map(str, parts)).encode()
+        return hmac.digest(self._secret, msg, "sha256").hex()
 
     def verify(self, signature: str, *parts: str | int) -> bool:
         return hmac.compare_digest(signature.encode(), self.sign(*parts).encode())
