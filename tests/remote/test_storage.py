@@ -304,3 +304,76 @@ async def test_range_reads_keep_their_connection(
     for offset in range(0, 50_000, 5_000):
         assert len(await client.read(file, offset, 5_000)) == 5_000
     assert opened == []
+
+
+def offsets_asked(
+    client: StorageRemote,
+    monkeypatch: pytest.MonkeyPatch,
+    fail_at: int = -1,
+    then: Callable[[], Any] | None = None,
+) -> list[int]:
+    """Record the offset of every listing page asked for; `fail_at`: that page fails,
+    `then`: awaited once the first page arrived."""
+    asked: list[int] = []
+    call = client.transport.call
+
+    async def recording(method: str, path: str, **kw: Any) -> dict[str, Any]:
+        offset = kw["params"]["offset"] if path == "files/storage/files" else None
+        if offset is not None:
+            asked.append(offset)
+            if offset == fail_at:
+                raise errors.Unavailable("the service is down", status=503)
+        doc = await call(method, path, **kw)
+        if offset == 0 and then is not None:
+            await then()
+        return doc
+
+    monkeypatch.setattr(client.transport, "call", recording)
+    return asked
+
+
+async def test_a_listing_of_many_pages_has_every_file_once(
+    client: HttpRemote, folder: str, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(client, StorageRemote)
+    source = make_file(10)
+    keys = {(await client.upload(source, folder, f"f{i}.bin")).key for i in range(10)}
+    client._page = 3
+    asked = offsets_asked(client, monkeypatch)
+    assert sorted(f.key for f in await client.list_folder(folder)) == sorted(keys)
+    assert sorted(asked) == [0, 3, 6, 9]
+
+
+async def test_a_page_that_fails_fails_the_listing_with_its_own_error(
+    client: HttpRemote, folder: str, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages are asked for two at a time: the error is still the service's, not a group."""
+    assert isinstance(client, StorageRemote)
+    source = make_file(10)
+    for i in range(10):
+        await client.upload(source, folder, f"f{i}.bin")
+    client._page = 3
+    offsets_asked(client, monkeypatch, fail_at=6)
+    with pytest.raises(errors.Unavailable):
+        await client.list_folder(folder)
+
+
+async def test_a_folder_that_grows_while_it_is_listed_loses_no_file(
+    client: HttpRemote, folder: str, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Newest first: files added after the first page push the others to later offsets,
+    past the total the first page gave."""
+    assert isinstance(client, StorageRemote)
+    source = make_file(10)
+    keys = {(await client.upload(source, folder, f"f{i}.bin")).key for i in range(7)}
+    client._page = 3
+
+    async def add() -> None:
+        for i in range(4):
+            await client.upload(source, folder, f"new{i}.bin")
+
+    asked = offsets_asked(client, monkeypatch, then=add)
+    listed = [f.key for f in await client.list_folder(folder)]
+    assert len(listed) == len(set(listed))
+    assert keys <= set(listed)
+    assert max(asked) >= 9  # beyond the 7 the first page counted

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -65,23 +65,56 @@ class StorageRemote(HttpRemote):
 
     # -- listing ----------------------------------------------------------------
     async def _list_files(self, folder: str | None) -> list[RemoteFile]:
-        found: dict[str, RemoteFile] = {}
-        offset = 0
-        while True:
+        """Every page. Once the first tells how many there are, two are asked for at a
+        time: the server builds one while the one before is decoded here."""
+        pages: dict[int, tuple[list[RemoteFile], int]] = {}  # offset -> files, total then
+
+        async def fetch(offset: int) -> None:
             params: dict[str, Any] = {"limit": self._page, "offset": offset}
             if folder is not None:
                 params["folder"] = folder
             doc = await self.transport.call("GET", "files/storage/files", params=params)
-            page = doc.get("files") or []
-            for item in page:
-                file = records.remote_file(item)
-                self.downloads.remember(file)
-                found.setdefault(file.key, file)
-            offset += len(page)
-            total = int(doc.get("total_count", 0) or 0)
+            page = [records.remote_file(item) for item in doc.get("files") or []]
+            pages[offset] = page, int(doc.get("total_count", 0) or 0)
+
+        await fetch(0)
+        offset = len(pages[0][0])
+        if offset:
+            await self._in_pairs(fetch, range(offset, pages[0][1], offset))
+        while True:  # then on while the folder grew meanwhile
+            last = max(pages)
+            page, total = pages[last]
+            offset = last + len(page)
             if not page or offset >= total:
                 break
+            await fetch(offset)
+        found: dict[str, RemoteFile] = {}
+        for key in sorted(pages):
+            for file in pages[key][0]:
+                self.downloads.remember(file)
+                found.setdefault(file.key, file)
         return list(found.values())
+
+    @staticmethod
+    async def _in_pairs(fetch: Callable[[int], Awaitable[None]], offsets: range) -> None:
+        """fetch(offset) for each, two at a time; the first error raised as itself."""
+        failed: list[Exception] = []
+        limiter = trio.CapacityLimiter(2)
+
+        async def one(offset: int) -> None:
+            async with limiter:
+                if failed:
+                    return
+                try:
+                    await fetch(offset)
+                except Exception as exc:  # out of the nursery it would be a group
+                    failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for offset in offsets:
+                nursery.start_soon(one, offset)
+        if failed:
+            raise failed[0]
 
     async def list_folder(self, folder: str) -> list[RemoteFile]:
         path = folder.strip("/")
