@@ -1,9 +1,10 @@
 """The write path's second half: staged bytes -> the remote, through the journal.
 
 Write-through (default): close (flush) uploads and returns its error. --write-back N:
-close journals and returns; the upload runs N seconds later in the background. Either
-way the journal row exists before close returns, so a crash loses nothing: the next
-mount resumes what it finds. A replaced file is swapped only after the new upload
+close journals and returns; the upload runs N seconds later in the background, once no
+program has the file open for writing (a file made by mknod waits too: Operations.mknod).
+Either way the journal row exists before close returns, so a crash loses nothing: the
+next mount resumes what it finds. A replaced file is swapped only after the new upload
 succeeded (upload the new object, then delete the old key).
 """
 
