@@ -3,11 +3,20 @@ fetched ahead; any other pattern fetches nothing it was not asked for."""
 
 from __future__ import annotations
 
+import random
+import subprocess
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
 import trio
 import trio.testing
 
 from tests.fs.harness import FS
 from tests.fs.memremote import MemRemote
+from tests.fs.mountfix import new_mount, wait_for
+from tests.livesrv import LiveServer
+from tests.remote.faultproxy import FaultProxy, proxy_in_thread
 
 
 def put_files(remote: MemRemote, names: list[str], size: int = 100) -> None:
@@ -65,3 +74,47 @@ async def test_files_bigger_than_a_block_are_not_fetched_ahead(fs: FS, remote: M
     for i in range(4):
         await fs.read_file(f"w/f{i}", size=16)
     await settle(remote, 4)
+
+
+def test_a_fresh_mount_fetches_the_next_files_ahead_and_each_once(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """A real mount behind a pass-through proxy that counts the downloads: after three
+    files read in name order the next ones are fetched before anyone asks; a folder read
+    to its end then fetched each file once (no prefetch raced the reader's own GET)."""
+    port = urlsplit(live_server.base_url).port
+    assert port is not None
+    rng = random.Random(3)
+    data = {f"f{i:02d}": rng.randbytes(rng.randint(1, 5000)) for i in range(30)}
+    local = tmp_path / "w"
+    local.mkdir()
+    for name, content in data.items():
+        (local / name).write_bytes(content)
+    with proxy_in_thread(FaultProxy(port)) as proxy:
+        m = new_mount(tmp_path, proxy.base_url(), live_server.new_key())
+        m.start()
+        try:
+            subprocess.run(["cp", "-r", str(local), str(m.path)], check=True)
+        finally:
+            m.unmount()
+        (tmp_path / "fresh").mkdir()
+        fresh = new_mount(tmp_path / "fresh", proxy.base_url(), m.key)
+        fresh.start()
+        try:
+
+            def downloads() -> Counter[str]:
+                return Counter(
+                    s.target.partition("?")[0]
+                    for s in list(proxy.seen)
+                    if s.method == "GET" and s.target.startswith("/v1/dl/")
+                )
+
+            for name in ("f00", "f01", "f02"):
+                assert (fresh.path / "w" / name).read_bytes() == data[name]
+            wait_for(lambda: len(downloads()) >= 3 + 4, 10, "the next 4 files fetched ahead")
+            out = subprocess.run(["cat", *sorted(data)], cwd=fresh.path / "w", capture_output=True)
+            assert out.stdout == b"".join(data[name] for name in sorted(data))
+            counts = downloads()
+            assert (len(counts), set(counts.values())) == (len(data), {1})
+        finally:
+            fresh.unmount()
