@@ -11,8 +11,10 @@ headers only (`file`, a thumbnailer) fetches only what it reads.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyfuse3
 import trio
@@ -32,11 +34,21 @@ ORDERS = ("name", "inode")
 
 @dataclass
 class _Orders:
-    """A folder's files in each order, and each file's place in it."""
+    """A folder's files in each order (sorted lists: a file's place is a bisection)."""
 
     key: tuple[float | None, int]  # the listing they were taken from
-    files: dict[str, list[pyfuse3.InodeT]] = field(default_factory=dict)
-    place: dict[str, dict[pyfuse3.InodeT, int]] = field(default_factory=dict)
+    names: list[str]  # sorted
+    by_name: list[pyfuse3.InodeT]  # the inodes of `names`
+    by_inode: list[pyfuse3.InodeT]  # sorted
+
+    def files(self, order: str) -> list[pyfuse3.InodeT]:
+        return self.by_name if order == "name" else self.by_inode
+
+    def place(self, order: str, node: Node) -> int:
+        keys: list[Any] = self.names if order == "name" else self.by_inode
+        key = node.name if order == "name" else node.inode
+        i = bisect.bisect_left(keys, key)
+        return i if i < len(keys) and keys[i] == key else -1
 
 
 @dataclass
@@ -64,7 +76,7 @@ class Prefetcher:
         if folder is None:
             return
         orders = self._orders_of(folder)
-        place = {order: orders.place[order].get(node.inode, -1) for order in ORDERS}
+        place = {order: orders.place(order, node) for order in ORDERS}
         run = self._runs.get(folder.inode)
         self._runs[folder.inode] = new = _Run(place)
         if run is None:
@@ -77,22 +89,20 @@ class Prefetcher:
             if streak >= 2:
                 end = min(place[order] + 1 + 2**streak, place[order] + 1 + MAX_AHEAD)
                 new.ahead_to[order] = max(start, end)
-                for inode in orders.files[order][start:end]:
+                for inode in orders.files(order)[start:end]:
                     self._fetch(inode)
 
     def _orders_of(self, folder: Node) -> _Orders:
         key = (folder.listed_at, len(folder.children))
         orders = self._orders.get(folder.inode)
         if orders is None or orders.key != key:
-            by_name = [
-                inode
-                for _, inode in sorted(folder.children.items())
+            files = sorted(
+                (name, inode)
+                for name, inode in folder.children.items()
                 if (child := self.tree.nodes.get(inode)) is not None and not child.is_dir
-            ]
-            orders = _Orders(key)
-            for order, files in (("name", by_name), ("inode", sorted(by_name))):
-                orders.files[order] = files
-                orders.place[order] = {inode: i for i, inode in enumerate(files)}
+            )
+            by_name = [inode for _, inode in files]
+            orders = _Orders(key, [name for name, _ in files], by_name, sorted(by_name))
         self._orders.pop(folder.inode, None)
         self._orders[folder.inode] = orders  # the most recent last
         while len(self._orders) > FOLDERS:
