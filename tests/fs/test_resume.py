@@ -345,3 +345,27 @@ async def test_a_read_only_mount_keeps_journaled_uploads_for_a_writable_one(
             while not remote.by_path("f"):
                 await trio.sleep(0.01)
     assert remote.blobs[stored(remote, "f").key] == b"pending"
+
+
+async def test_a_journaled_upload_without_its_staging_file_is_dropped_and_said(
+    remote: MemRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing to send: the row goes (it is not retried forever) and the log says why a
+    row can be left so (its upload landed before the row could be removed; a cache
+    emptied by hand), not that an upload was lost."""
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
+        await fs.write_file("f", b"pending")
+        remote.down = True  # no upload, no clean unmount: as after a kill -9
+    remote.down = False
+    journal = Journal(cache / "journal.db")
+    [entry] = journal.pending()
+    entry.staging.unlink()
+    async with mounted_ops(remote, cache):
+        with trio.fail_after(5):
+            while journal.pending():
+                await trio.sleep(0.01)
+    journal.close()
+    assert remote.files == {}
+    [message] = [r.getMessage() for r in caplog.records if "no staging file" in r.getMessage()]
+    assert "landed before its row could be removed" in message

@@ -490,7 +490,11 @@ class Uploader:
 
     async def _resume(self, entry: Entry, listings: dict[str, list[RemoteFile]]) -> None:
         if not await trio.to_thread.run_sync(entry.staging.exists):
-            await self._forget(entry, "lost its staging file")
+            await self._forget(
+                entry,
+                "has no staging file any more: nothing to send (an upload that landed"
+                " before its row could be removed leaves this, as does a cache emptied by hand)",
+            )
             return
         new = await self._landed(entry, listings)
         if new is not None:
