@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -15,6 +15,7 @@ import trio
 
 from .. import errors
 from ..checksum import md5_file
+from ..tasks import open_nursery
 from . import records
 from .base import (
     ChangeBatch,
@@ -78,9 +79,17 @@ class StorageRemote(HttpRemote):
             pages[offset] = page, int(doc.get("total_count", 0) or 0)
 
         await fetch(0)
-        offset = len(pages[0][0])
-        if offset:
-            await self._in_pairs(fetch, range(offset, pages[0][1], offset))
+        step = len(pages[0][0])
+        limiter = trio.CapacityLimiter(2)
+
+        async def paired(offset: int) -> None:
+            async with limiter:
+                await fetch(offset)
+
+        if step:  # (an empty first page: nothing more to ask for)
+            async with open_nursery() as nursery:  # a failed page raises its own error
+                for offset in range(step, pages[0][1], step):
+                    nursery.start_soon(paired, offset)
         while True:  # then on while the folder grew meanwhile
             last = max(pages)
             page, total = pages[last]
@@ -94,27 +103,6 @@ class StorageRemote(HttpRemote):
                 self.downloads.remember(file)
                 found.setdefault(file.key, file)
         return list(found.values())
-
-    @staticmethod
-    async def _in_pairs(fetch: Callable[[int], Awaitable[None]], offsets: range) -> None:
-        """fetch(offset) for each, two at a time; the first error raised as itself."""
-        failed: list[Exception] = []
-        limiter = trio.CapacityLimiter(2)
-
-        async def one(offset: int) -> None:
-            async with limiter:
-                if failed:
-                    return
-                try:
-                    await fetch(offset)
-                except Exception as exc:  # out of the nursery it would be a group
-                    failed.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            for offset in offsets:
-                nursery.start_soon(one, offset)
-        if failed:
-            raise failed[0]
 
     async def list_folder(self, folder: str) -> list[RemoteFile]:
         path = folder.strip("/")
