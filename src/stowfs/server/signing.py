@@ -35,8 +35,8 @@ def load_secret(path: Path) -> bytes:
 
 class Signer:
     def __init__(self, secret: bytes) -> None:
-        # Keyed once; each signature copies it (half the time of a new HMAC, a third of
-        # hmac.digest's): a page of 1,000 records signs 1,000 URLs.
+        # Keyed once; each signature copies it (~30% less time than a new HMAC, ~20% less
+        # than hmac.digest): a page of 1,000 records signs 1,000 URLs.
         self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
 
     def sign(self, *parts: str | int) -> str:
