@@ -36,7 +36,7 @@ ORDERS = ("name", "inode")
 class _Orders:
     """A folder's files in each order (sorted lists: a file's place is a bisection)."""
 
-    key: tuple[float | None, int]  # the listing they were taken from
+    key: float | None  # the listing they were taken from (its trio time)
     names: list[str]  # sorted
     by_name: list[pyfuse3.InodeT]  # the inodes of `names`
     by_inode: list[pyfuse3.InodeT]  # sorted
@@ -75,7 +75,7 @@ class Prefetcher:
         folder = self.tree.nodes.get(node.parent)
         if folder is None:
             return
-        orders = self._orders_of(folder)
+        orders = self._orders_of(folder, node)
         place = {order: orders.place(order, node) for order in ORDERS}
         run = self._runs.get(folder.inode)
         self._runs[folder.inode] = new = _Run(place)
@@ -92,17 +92,19 @@ class Prefetcher:
                 for inode in orders.files(order)[start:end]:
                     self._fetch(inode)
 
-    def _orders_of(self, folder: Node) -> _Orders:
-        key = (folder.listed_at, len(folder.children))
+    def _orders_of(self, folder: Node, node: Node) -> _Orders:
+        """Sorted again after each listing, or for a file the last sort did not have:
+        not on every open in a folder that files are being written to meanwhile."""
         orders = self._orders.get(folder.inode)
-        if orders is None or orders.key != key:
+        if orders is None or orders.key != folder.listed_at or orders.place("name", node) < 0:
             files = sorted(
                 (name, inode)
                 for name, inode in folder.children.items()
                 if (child := self.tree.nodes.get(inode)) is not None and not child.is_dir
             )
             by_name = [inode for _, inode in files]
-            orders = _Orders(key, [name for name, _ in files], by_name, sorted(by_name))
+            names = [name for name, _ in files]
+            orders = _Orders(folder.listed_at, names, by_name, sorted(by_name))
         self._orders.pop(folder.inode, None)
         self._orders[folder.inode] = orders  # the most recent last
         while len(self._orders) > FOLDERS:
