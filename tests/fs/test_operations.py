@@ -19,6 +19,7 @@ import trio.testing
 
 from stowfs.errors import (
     AuthFailed,
+    Conflict,
     Forbidden,
     QuotaExceeded,
     RemoteError,
@@ -314,6 +315,61 @@ async def test_a_folder_rename_that_breaks_halfway_shows_where_each_file_is(
     assert await fs.listdir("z") == ["1"]
     for path in ("x/2", "x/3", "z/1"):
         assert await fs.read_file(path) == path[-1].encode()
+
+
+async def test_a_folder_rename_refused_halfway_is_put_back(
+    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service refuses the second file's move (a legal hold): the first goes back, the
+    new folder goes, and the folder is whole where it was."""
+    for name in "123":
+        remote.put("x", name, name.encode())
+    assert await fs.listdir("x") == ["1", "2", "3"]
+    moved = remote.move
+
+    async def one_then_refused(file: RemoteFile, folder: str, name: str) -> RemoteFile:
+        new = await moved(file, folder, name)
+        if folder == "z":
+            remote.fail["move"] = Conflict("legal hold", status=409)
+        return new
+
+    monkeypatch.setattr(remote, "move", one_then_refused)
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.rename("x", "z")
+    assert fuse_errno(exc) == errno.EPERM
+    assert sorted(f.path for f in remote.files.values()) == ["x/1", "x/2", "x/3"]
+    assert "z" not in remote.folders
+    assert await fs.listdir() == ["x"]
+    assert await fs.listdir("x") == ["1", "2", "3"]
+    for name in "123":
+        assert await fs.read_file(f"x/{name}") == name.encode()
+
+
+async def test_a_folder_rename_cut_short_by_an_unmount_is_put_back(
+    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while the second file moves (the mount is going away): the first file
+    still goes back before the cancellation is let through."""
+    for name in "12":
+        remote.put("x", name, name.encode())
+    await fs.listdir("x")
+    moved = remote.move
+    stuck = trio.Event()
+
+    async def second_hangs(file: RemoteFile, folder: str, name: str) -> RemoteFile:
+        if folder == "z" and any(f.folder == "z" for f in remote.files.values()):
+            stuck.set()
+            await trio.sleep_forever()
+        return await moved(file, folder, name)
+
+    monkeypatch.setattr(remote, "move", second_hangs)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.rename, "x", "z")
+            await stuck.wait()
+            scope.cancel()
+    assert sorted(f.path for f in remote.files.values()) == ["x/1", "x/2"]
+    assert "z" not in remote.folders
 
 
 async def test_rename_folder_where_folders_cannot_be_removed(tmp_path: Path) -> None:

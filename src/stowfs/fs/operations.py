@@ -23,7 +23,7 @@ import pyfuse3
 import trio
 
 from ..errors import Conflict, NotFound, StowfsError, Unavailable
-from ..remote.base import Remote, Usage
+from ..remote.base import Remote, RemoteFile, Usage
 from . import xattrs
 from .blockcache import BlockCache
 from .errnos import fuse_error, handler
@@ -43,6 +43,7 @@ _USER = xattrs.USER.encode()
 USAGE_TTL = 5.0
 ROOM = 64 * 1024 * 1024  # cached blocks given up at once when staging fills the disk
 MKNOD_GRACE = 1.0  # seconds a file made by mknod waits for its bytes (see mknod)
+UNDO_TIME = 30.0  # seconds to put back a folder rename broken off halfway
 
 
 @dataclass
@@ -619,16 +620,21 @@ class Operations(pyfuse3.Operations):
         longest = len(new_root) + max(len(f) for f in folders) - len(old_root)
         if self.caps.folder_path_max is not None and longest > self.caps.folder_path_max:
             raise FUSEError(errno.ENAMETOOLONG)  # before anything moves, not halfway
-        moved = {}
+        moved: dict[str, tuple[RemoteFile, RemoteFile]] = {}  # old key -> (old, new)
+        made: list[str] = []
         try:
             for folder in folders:
                 target = new_root + folder[len(old_root) :]
                 await self.remote.mkdir(target)
+                made.append(target)
                 for file in await self.remote.list_folder(folder):
-                    moved[file.key] = await self.remote.move(file, target, file.name)
-        except BaseException:
-            # Broken off halfway: the new folder and some files may be there now. List
-            # both sides again, so that each file shows where the service has it.
+                    moved[file.key] = file, await self.remote.move(file, target, file.name)
+        except BaseException as exc:
+            # Broken off halfway: put back what moved (unless the service is down), so
+            # the folder stays whole. Then list both sides again: each file shows where
+            # the service has it.
+            if not isinstance(exc, Unavailable):
+                await self._move_back(list(moved.values()), made)
             for stale in (self.tree.nodes[node.parent], new_parent, *self.tree.walk(node)):
                 stale.listed_at = None
             raise
@@ -649,9 +655,29 @@ class Operations(pyfuse3.Operations):
         self.tree.move(node, new_parent, new_name)
         for child in self.tree.walk(node):
             if child.file is not None and child.file.key in moved:
-                self.tree.own(child, moved[child.file.key])
+                self.tree.own(child, moved[child.file.key][1])
                 child.kernel_version = child.version
             await self.uploader.record(child)
+
+    async def _move_back(self, moved: list[tuple[RemoteFile, RemoteFile]], made: list[str]) -> None:
+        """Undo a folder rename broken off halfway, as far as the service lets us: the
+        files back where they were, then the new folders removed."""
+        left = len(moved)
+        with trio.move_on_after(UNDO_TIME, shield=True):  # (also when an unmount cancels)
+            for old, new in reversed(moved):
+                try:
+                    await self.remote.move(new, old.folder, old.name)
+                except Unavailable:
+                    break
+                except StowfsError as exc:
+                    log.debug("could not move %s back: %s", new.key, exc)
+                    continue
+                left -= 1
+            for folder in reversed(made if self.caps.rmdir and not left else []):
+                with contextlib.suppress(StowfsError):
+                    await self.remote.rmdir(folder)
+        if left:
+            log.warning("a folder rename broke off: %d of its files stay moved", left)
 
     # -- refused -----------------------------------------------------------------------
     async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
