@@ -29,7 +29,7 @@ import trio
 from stowfs.remote import HttpRemote, open_remote
 from tests.benchmarks import report, workloads
 from tests.benchmarks.bench_server import NGINX, bench_search, bench_upload_urls, nginx
-from tests.benchmarks.limits import Record, disk, null_fs, transfers
+from tests.benchmarks.limits import Record, disk, null_fs, page_fill, transfers
 from tests.benchmarks.peers import (
     RCLONE,
     STOWFS_OPT_IN,
@@ -67,6 +67,7 @@ def guarded(results: report.Results, what: str, fn: Callable[[], None]) -> None:
 
 
 def limits_round(stage: Stage, server: LiveServer, nginx_url: str, work: Path, rec: Record) -> None:
+    page_fill(stage.layout.big_size, rec)
     disk(stage.layout.source_big, rec)
     null_fs(stage.layout, work, rec)
 

@@ -1,6 +1,6 @@
 """The physical limits the mounts are held against: curl downloading and uploading the big
-file to the reference server and to nginx, stowfs's own client doing the same, and the
-local disk."""
+file to the reference server and to nginx, stowfs's own client doing the same, the local
+disk, and the kernel filling its page cache."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ from tests.benchmarks.bench_client import (
     timed,
 )
 from tests.benchmarks.peers import START_TIMEOUT, unmount
-from tests.benchmarks.report import NULL_FS
+from tests.benchmarks.report import FILL_AGAIN, FILL_IDLE, IDLE, NULL_FS
 from tests.benchmarks.workloads import Layout, seq_read, timed_run
 from tests.fs.mountfix import wait_for
 
 Record = Callable[[str, str, float], None]  # (measure, system, value)
 CHUNK = 1024 * 1024
+TMPFS = Path("/dev/shm")
 
 
 def read_file(path: Path, cold: bool) -> float:
@@ -49,6 +50,29 @@ def disk(path: Path, record: Record) -> None:
     size = path.stat().st_size
     record("disk_read", "local disk, cold", size / read_file(path, cold=True) / 1e6)
     record("disk_read", "local disk, warm", size / read_file(path, cold=False) / 1e6)
+
+
+def page_fill(size: int, record: Record) -> None:
+    """A read through any mount fills the kernel's page cache (curl to /dev/null fills
+    nothing). Timed as a tmpfs file written: after the machine sat idle (on a VM that
+    reports free pages to its host, the host must hand the memory back first), then at
+    once again, into the pages just freed."""
+    if not TMPFS.is_dir():
+        return
+    path = TMPFS / f"stowfs-bench-fill-{os.getpid()}"
+    block = b"\1" * CHUNK
+    time.sleep(IDLE)  # the condition measured, not a wait for something
+    for system in (FILL_IDLE, FILL_AGAIN):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            start = time.perf_counter()
+            for _ in range(size // CHUNK):
+                os.write(fd, block)
+            elapsed = time.perf_counter() - start
+        finally:
+            os.close(fd)
+            path.unlink()
+        record("page_fill", system, size / elapsed / 1e6)
 
 
 async def nginx_upload(client: HttpRemote, source: Path, base_url: str, work: Path) -> float:

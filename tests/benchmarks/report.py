@@ -23,27 +23,24 @@ WHY: dict[str, str] = {
     " beside sending the parts, on the 2 cores the CPU-bound reference server also needs;"
     " curl sends the same parts and checks nothing. Across the full runs so far the"
     " ratio landed between 0.83 and 1.15.",
-    "seq_read_cold": "The mount is on CPU for nearly all of the read: every byte of the GET is"
-    " copied five times in Python's HTTP stack and the read path (into h11's receive"
-    " buffer, twice out of it: h11 slices the buffer once to see whether it is empty and"
-    " again to extract it, into httpcore's `bytes`, and once more when chunks are joined"
-    " into a block) before pyfuse3 hands the kernel a view of the block (or, for a read that"
-    " spans two blocks, a join of both: the kernel's 1 MiB reads are not block-aligned"
-    " after its first small ones, so most do); the pyfuse3 null fs"
-    " above, which fetches nothing, reads at {null_read} MB/s. In the profile below,"
-    " pyfuse3's replies (the kernel filling its page cache) and the HTTP receive lead. With"
-    " the machine otherwise idle, probes read at 0.6–1.1 GB/s (a fresh mount, the same"
-    " file). Right after the limits round they read at 170–330 MB/s, in full runs and in"
-    " probes alike. Ruled out: the kernel's read size (1 MiB in slow and fast reads"
-    " alike, logged per read), block-cache writes and the kernel's read-ahead (two causes"
-    " found and fixed on the way: blocks a sequential reader fetched itself went to the"
-    " disk cache, and a file opened before the mount raised its read-ahead kept 128 KiB),"
-    " other processes (the machine is idle between phases), memory pressure (15 GB free)."
-    " In a slow read the mount spends 5–8× longer in pyfuse3's replies, the kernel filling"
-    " its page cache; the pyfuse3 null fs, which fetches nothing, varies too"
-    " ({null_read_range} MB/s across the rounds of this run). This VM hands freed memory"
-    " back to its host (free page reporting, DAMON page-out): a suspect, not proven."
-    " rclone with `--vfs-cache-mode off` streams the GET to the kernel from Go.",
+    "seq_read_cold": "A read through the mount fills the kernel's page cache with the file"
+    " (warm reads then come from memory); curl writes to /dev/null and fills nothing. On this"
+    " VM a fill is slow into memory the host has taken back (the guest reports free pages"
+    " to it): a tmpfs file as big as the read is written at {fill_idle} MB/s after {idle} s"
+    " idle, and at {fill_again} MB/s at once again (Physical limits). The mount pays that in"
+    " pyfuse3's replies, which hold its one Python thread (pyfuse3 calls fuse_reply_buf"
+    " with the GIL held): meanwhile nothing is received. The pyfuse3 null fs, which fetches"
+    " nothing, varies as much ({null_read_range} MB/s across the rounds of this run). Into"
+    " memory just freed (probes: a fresh mount right after another read) the mount reads"
+    " at 0.65–0.77 GB/s, about 0.5× curl: every byte is received by Python's HTTP stack and"
+    " then handed to the kernel by pyfuse3, in turn on that one thread. This run's two"
+    " floors in series (stowfs's client receiving, the null fs replying) come to {series}×"
+    " curl at best. Ruled out: the kernel's read size (1 MiB, logged per"
+    " read), block-cache writes and the kernel's read-ahead (two causes found and fixed on"
+    " the way: blocks a sequential reader fetched itself went to the disk cache, and a"
+    " file opened before the mount raised its read-ahead kept 128 KiB), other processes,"
+    " memory pressure. rclone with `--vfs-cache-mode off` streams the GET to the kernel"
+    " from Go.",
     "ttfb": "On a fresh mount the first read lists the folders on its path (each folder's"
     " files and subfolders, asked for at once) and then fetches the bytes asked for (not"
     " the whole 1 MiB block) with one signed GET of the Python server; rclone lists"
@@ -98,6 +95,8 @@ WHY: dict[str, str] = {
     " runtime.",
 }
 NULL_FS = "pyfuse3 null fs"  # the floor measured beside stowfs (limits.null_fs)
+IDLE = 5.0  # seconds idle before the page cache fill (limits.page_fill)
+FILL_IDLE, FILL_AGAIN = f"tmpfs write, after {IDLE:g} s idle", "tmpfs write, at once again"
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,7 @@ MEASURES: dict[str, Measure] = {
     "upload": Measure("Upload {big} (parallel parts)", "MB/s", True, "limits", "curl → server"),
     "disk_read": Measure("Local disk read {big}", "MB/s", True, "limits"),
     "null_read": Measure("Sequential read {big}, fresh mount", "MB/s", True, "limits"),
+    "page_fill": Measure("Page cache fill {big}", "MB/s", True, "limits"),
     "null_ls": Measure("ls -l of {many} entries, warm", "s", False, "limits"),
     "upload_url": Measure("upload-url, 16 connections", "req/s", True, "server"),
     "search_p95": Measure("search p95 at {files} files", "ms", False, "server"),
@@ -361,13 +361,38 @@ def fs_table(results: Results) -> list[str]:
 def why(results: Results, measure: str) -> str:
     """WHY[measure], with the floor figures of this run put in."""
     floor: dict[str, str] = {}
-    for key in ("null_read", "null_ls"):
-        spread = Spread.of(list(results.values(key, NULL_FS).values()))
+    for key, system in (
+        ("null_read", NULL_FS),
+        ("null_ls", NULL_FS),
+        ("fill_idle", FILL_IDLE),
+        ("fill_again", FILL_AGAIN),
+    ):
+        source = "page_fill" if key.startswith("fill") else key
+        spread = Spread.of(list(results.values(source, system).values()))
         floor[key] = num(spread.median) if spread else "(not measured)"
         floor[f"{key}_range"] = (
             f"{num(spread.low)}–{num(spread.high)}" if spread else "(not measured)"
         )
+    floor["idle"] = f"{IDLE:g}"
+    floor["series"] = series_limit(results)
     return WHY[measure].format_map(floor)
+
+
+def series_limit(results: Results) -> str:
+    """The best ratio to curl of one thread that receives like stowfs's client and
+    replies like the pyfuse3 null fs, one after the other (medians of this run)."""
+    medians = []
+    for measure, system in (
+        ("download", "curl → server"),
+        ("download", "stowfs client"),
+        ("null_read", NULL_FS),
+    ):
+        spread = Spread.of(list(results.values(measure, system).values()))
+        if spread is None:
+            return "(not measured)"
+        medians.append(spread.median)
+    curl, client, null = medians
+    return num(1 / (1 / client + 1 / null) / curl)
 
 
 def slower_measures(results: Results) -> dict[str, float]:
