@@ -24,23 +24,28 @@ WHY: dict[str, str] = {
     " curl sends the same parts and checks nothing. Across the full runs so far the"
     " ratio landed between 0.83 and 1.15.",
     "seq_read_cold": "A read through the mount fills the kernel's page cache with the file"
-    " (warm reads then come from memory); curl writes to /dev/null and fills nothing. On this"
-    " VM a fill is slow into memory the host has taken back (the guest reports free pages"
-    " to it): a tmpfs file as big as the read is written at {fill_idle} MB/s after {idle} s"
-    " idle, and at {fill_again} MB/s at once again (Physical limits). The mount pays that in"
-    " pyfuse3's replies, which hold its one Python thread (pyfuse3 calls fuse_reply_buf"
-    " with the GIL held): meanwhile nothing is received. The pyfuse3 null fs, which fetches"
-    " nothing, varies as much ({null_read_range} MB/s across the rounds of this run). Into"
-    " memory just freed (probes: a fresh mount right after another read) the mount reads"
-    " at 0.65–0.77 GB/s, about 0.5× curl: every byte is received by Python's HTTP stack and"
-    " then handed to the kernel by pyfuse3, in turn on that one thread. This run's two"
-    " floors in series (stowfs's client receiving, the null fs replying) come to {series}×"
-    " curl at best. Ruled out: the kernel's read size (1 MiB, logged per"
-    " read), block-cache writes and the kernel's read-ahead (two causes found and fixed on"
-    " the way: blocks a sequential reader fetched itself went to the disk cache, and a"
-    " file opened before the mount raised its read-ahead kept 128 KiB), other processes,"
-    " memory pressure. rclone with `--vfs-cache-mode off` streams the GET to the kernel"
-    " from Go.",
+    " (warm reads then come from memory); curl writes to /dev/null and fills nothing."
+    " On this VM the fill itself varies: the guest reports free memory to its host,"
+    " which must hand it back before it is filled. A tmpfs file as big as the read was written at"
+    " {fill_idle_range} MB/s after {idle} s idle and at {fill_again_range} MB/s at once"
+    " again in this run (Physical limits); in probes, after 6–8 s idle, at 620–680 MB/s"
+    " four times out of four, and at 3.0–3.3 GB/s at once again. The mount pays the fill"
+    " in pyfuse3's replies, which hold its one Python thread (pyfuse3 calls fuse_reply_buf"
+    " with the GIL held): meanwhile nothing is received. The pyfuse3 null fs, which"
+    " fetches nothing and only fills, varies as much ({null_read_range} MB/s across the"
+    " rounds of this run). Into memory just freed (probes: a fresh mount right after"
+    " another read) the mount reads at 0.65–0.77 GB/s, about 0.5× curl: every byte is"
+    " received by Python's HTTP stack and then handed to the kernel by pyfuse3, in turn on"
+    " that one thread. This run's two floors in series (stowfs's client receiving, the"
+    " null fs replying, the fastest round of each) come to {series}× curl's median. On"
+    " top come the mount's own copies: a kernel read is seldom block-aligned, so most"
+    " join the ends of two blocks (`Reader.read`'s own time in the profile below). Ruled"
+    " out: the kernel's read"
+    " size (1 MiB, logged per read), block-cache writes and the kernel's read-ahead (two"
+    " causes found and fixed on the way: blocks a sequential reader fetched itself went to"
+    " the disk cache, and a file opened before the mount raised its read-ahead kept"
+    " 128 KiB), other processes, memory pressure. rclone with `--vfs-cache-mode off` streams"
+    " the GET to the kernel from Go.",
     "ttfb": "On a fresh mount the first read lists the folders on its path (each folder's"
     " files and subfolders, asked for at once) and then fetches the bytes asked for (not"
     " the whole 1 MiB block) with one signed GET of the Python server; rclone lists"
@@ -379,20 +384,19 @@ def why(results: Results, measure: str) -> str:
 
 
 def series_limit(results: Results) -> str:
-    """The best ratio to curl of one thread that receives like stowfs's client and
-    replies like the pyfuse3 null fs, one after the other (medians of this run)."""
-    medians = []
-    for measure, system in (
-        ("download", "curl → server"),
-        ("download", "stowfs client"),
-        ("null_read", NULL_FS),
-    ):
-        spread = Spread.of(list(results.values(measure, system).values()))
-        if spread is None:
-            return "(not measured)"
-        medians.append(spread.median)
-    curl, client, null = medians
-    return num(1 / (1 / client + 1 / null) / curl)
+    """The best ratio to curl's median of one thread that receives like stowfs's client
+    and replies like the pyfuse3 null fs, one after the other (their fastest rounds)."""
+    curl, client, null = (
+        Spread.of(list(results.values(measure, system).values()))
+        for measure, system in (
+            ("download", "curl → server"),
+            ("download", "stowfs client"),
+            ("null_read", NULL_FS),
+        )
+    )
+    if curl is None or client is None or null is None:
+        return "(not measured)"
+    return num(1 / (1 / client.high + 1 / null.high) / curl.median)
 
 
 def slower_measures(results: Results) -> dict[str, float]:
