@@ -289,22 +289,30 @@ async def test_rename_folder_while_a_file_lands_in_it_elsewhere(fs: FS, remote: 
     assert await fs.listdir("x") == ["late"]
 
 
-async def test_a_folder_rename_that_breaks_halfway_shows_where_each_file_is(
-    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+async def folder_x_moving(
+    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch, then: Callable[[], object]
 ) -> None:
-    """The service goes away after the first file moved: the rename fails (EIO) and the
-    mount shows both folders as the service has them, each file readable, at once."""
+    """Folder x of files 1, 2, 3, listed; `then()` runs once the first file has moved."""
     for name in "123":
         remote.put("x", name, name.encode())
     assert await fs.listdir("x") == ["1", "2", "3"]
     moved = remote.move
 
-    async def one_then_down(file: RemoteFile, folder: str, name: str) -> RemoteFile:
+    async def first_then(file: RemoteFile, folder: str, name: str) -> RemoteFile:
         new = await moved(file, folder, name)
-        remote.down = True
+        if folder != "x":
+            then()
         return new
 
-    monkeypatch.setattr(remote, "move", one_then_down)
+    monkeypatch.setattr(remote, "move", first_then)
+
+
+async def test_a_folder_rename_that_breaks_halfway_shows_where_each_file_is(
+    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service goes away after the first file moved: the rename fails (EIO) and the
+    mount shows both folders as the service has them, each file readable, at once."""
+    await folder_x_moving(fs, remote, monkeypatch, lambda: setattr(remote, "down", True))
     with pytest.raises(pyfuse3.FUSEError) as exc:
         await fs.rename("x", "z")
     assert fuse_errno(exc) == errno.EIO
@@ -322,18 +330,11 @@ async def test_a_folder_rename_refused_halfway_is_put_back(
 ) -> None:
     """The service refuses the second file's move (a legal hold): the first goes back, the
     new folder goes, and the folder is whole where it was."""
-    for name in "123":
-        remote.put("x", name, name.encode())
-    assert await fs.listdir("x") == ["1", "2", "3"]
-    moved = remote.move
 
-    async def one_then_refused(file: RemoteFile, folder: str, name: str) -> RemoteFile:
-        new = await moved(file, folder, name)
-        if folder == "z":
-            remote.fail["move"] = Conflict("legal hold", status=409)
-        return new
+    def refuse_the_next() -> None:
+        remote.fail["move"] = Conflict("legal hold", status=409)
 
-    monkeypatch.setattr(remote, "move", one_then_refused)
+    await folder_x_moving(fs, remote, monkeypatch, refuse_the_next)
     with pytest.raises(pyfuse3.FUSEError) as exc:
         await fs.rename("x", "z")
     assert fuse_errno(exc) == errno.EPERM
