@@ -1,6 +1,6 @@
 """Faults with a real mount: the server goes down and comes back; parallel copies through
 a network that drops and delays; random writes through the mount against a local
-reference copy, also after a remount."""
+reference copy, also after a remount; a folder move the service refuses halfway."""
 
 from __future__ import annotations
 
@@ -178,3 +178,42 @@ def test_parallel_copies_through_a_faulty_network_lose_nothing(
             assert [r.times for r in rules] == [0] * len(rules)
         finally:
             fresh.unmount()
+
+
+def test_a_folder_rename_refused_halfway_is_put_back(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """`mv` of a folder whose second file the service refuses to move: mv fails, and the
+    folder is whole where it was, on the server and in the mount. (Left half-moved, the
+    new folder exists: mv then moved the old one into it, `z/x/...`, and said nothing.)"""
+    port = urlsplit(live_server.base_url).port
+    assert port is not None
+    with proxy_in_thread(FaultProxy(port)) as proxy:
+        m = new_mount(tmp_path, proxy.base_url(), live_server.new_key())
+        m.start()
+        try:
+            (m.path / "x").mkdir()
+            for name in "123":
+                (m.path / "x" / name).write_bytes(name.encode())
+            move = "/files/storage/file/move"
+            first = proxy.add("delay", move)  # (after no delay: the first file goes through)
+            refused = proxy.add(
+                "respond",
+                move,
+                status=409,
+                body=b'{"error": {"code": "LEGAL_HOLD", "message": "injected"}}',
+            )
+            done = subprocess.run(
+                ["mv", str(m.path / "x"), str(m.path / "z")], capture_output=True, text=True
+            )
+            assert done.returncode != 0
+            assert "Operation not permitted" in done.stderr
+            assert (first.times, refused.times) == (0, 0)
+            assert proxy.count("POST", move) == 3  # 1 moved, 1 refused, 1 moved back
+            stored = sorted(f"{f['folder']}/{f['filename']}" for f in m.remote_files())
+            assert stored == ["x/1", "x/2", "x/3"]
+            assert os.listdir(m.path) == ["x"]
+            assert sorted(os.listdir(m.path / "x")) == ["1", "2", "3"]
+            assert [(m.path / "x" / n).read_bytes() for n in "123"] == [b"1", b"2", b"3"]
+        finally:
+            m.unmount()
