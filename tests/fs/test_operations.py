@@ -346,6 +346,24 @@ async def test_a_folder_rename_refused_halfway_is_put_back(
         assert await fs.read_file(f"x/{name}") == name.encode()
 
 
+async def test_an_undone_folder_rename_over_an_empty_folder_leaves_that_folder(
+    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rename(2) over an empty folder replaces it; undone, the empty folder stays."""
+
+    def refuse_the_next() -> None:
+        remote.fail["move"] = Conflict("legal hold", status=409)
+
+    await folder_x_moving(fs, remote, monkeypatch, refuse_the_next)
+    await fs.mkdir("z")
+    with pytest.raises(pyfuse3.FUSEError):
+        await fs.rename("x", "z")
+    assert sorted(f.path for f in remote.files.values()) == ["x/1", "x/2", "x/3"]
+    assert "z" in remote.folders
+    assert await fs.listdir() == ["x", "z"]
+    assert await fs.listdir("z") == []
+
+
 async def test_a_folder_rename_cut_short_by_an_unmount_is_put_back(
     fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
 ) -> None:

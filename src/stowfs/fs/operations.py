@@ -583,7 +583,7 @@ class Operations(pyfuse3.Operations):
                 for child in self.tree.walk(node):
                     await self._settle(child, stack)
                 with self.tree.holding(node):
-                    await self._move_folder(node, new_parent, new_name)
+                    await self._move_folder(node, new_parent, new_name, target is not None)
             return
         async with contextlib.AsyncExitStack() as stack:
             await self._settle(node, stack)
@@ -610,9 +610,12 @@ class Operations(pyfuse3.Operations):
         self.tree.move(node, new_parent, new_name)
         await self.uploader.record(node)  # a staged file is renamed locally
 
-    async def _move_folder(self, node: Node, new_parent: Node, new_name: str) -> None:
+    async def _move_folder(
+        self, node: Node, new_parent: Node, new_name: str, replaced: bool = False
+    ) -> None:
         """Folders have no server move: mkdir the new tree, move each file, rmdir the old
-        (where the service can remove folders)."""
+        (where the service can remove folders). `replaced`: an empty folder had the new
+        name (removed before): an undone rename leaves the new one there."""
         old_root = self.tree.folder_of(node)
         new_root = join(self.tree.folder_of(new_parent), new_name)
         below = await self.remote.list_folders(None)
@@ -626,7 +629,8 @@ class Operations(pyfuse3.Operations):
             for folder in folders:
                 target = new_root + folder[len(old_root) :]
                 await self.remote.mkdir(target)
-                made.append(target)
+                if target != new_root or not replaced:
+                    made.append(target)
                 for file in await self.remote.list_folder(folder):
                     moved[file.key] = file, await self.remote.move(file, target, file.name)
         except BaseException as exc:
