@@ -346,6 +346,23 @@ async def test_a_folder_rename_refused_halfway_is_put_back(
         assert await fs.read_file(f"x/{name}") == name.encode()
 
 
+async def test_a_folder_rename_cut_off_by_a_passing_outage_is_put_back(
+    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second move fails with the service unreachable (its retries spent), and the
+    service is back at once: the rename fails (EIO), the first file goes back."""
+
+    def unreachable_once() -> None:
+        remote.fail["move"] = Unavailable("server down", status=503)
+
+    await folder_x_moving(fs, remote, monkeypatch, unreachable_once)
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.rename("x", "z")
+    assert fuse_errno(exc) == errno.EIO
+    assert sorted(f.path for f in remote.files.values()) == ["x/1", "x/2", "x/3"]
+    assert await fs.listdir() == ["x"]
+
+
 async def test_an_undone_folder_rename_over_an_empty_folder_leaves_that_folder(
     fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
 ) -> None:

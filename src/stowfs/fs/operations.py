@@ -633,12 +633,11 @@ class Operations(pyfuse3.Operations):
                     made.append(target)
                 for file in await self.remote.list_folder(folder):
                     moved[file.key] = file, await self.remote.move(file, target, file.name)
-        except BaseException as exc:
-            # Broken off halfway: put back what moved (unless the service is down), so
-            # the folder stays whole. Then list both sides again: each file shows where
-            # the service has it.
-            if not isinstance(exc, Unavailable):
-                await self._move_back(list(moved.values()), made)
+        except BaseException:
+            # Broken off halfway: put back what moved, so the folder stays whole (left
+            # half-made, the new folder would take the old one into it at mv's next try).
+            # Then list both sides again: each file shows where the service has it.
+            await self._move_back(list(moved.values()), made)
             for stale in (self.tree.nodes[node.parent], new_parent, *self.tree.walk(node)):
                 stale.listed_at = None
             raise
@@ -665,7 +664,8 @@ class Operations(pyfuse3.Operations):
 
     async def _move_back(self, moved: list[tuple[RemoteFile, RemoteFile]], made: list[str]) -> None:
         """Undo a folder rename broken off halfway, as far as the service lets us: the
-        files back where they were, then the new folders removed."""
+        files back where they were, then the new folders removed. Given up once the
+        service is unreachable (its retries spent) or after UNDO_TIME."""
         left = len(moved)
         with trio.move_on_after(UNDO_TIME, shield=True):  # (also when an unmount cancels)
             for old, new in reversed(moved):
