@@ -611,7 +611,7 @@ class Operations(pyfuse3.Operations):
         await self.uploader.record(node)  # a staged file is renamed locally
 
     async def _move_folder(
-        self, node: Node, new_parent: Node, new_name: str, replaced: bool = False
+        self, node: Node, new_parent: Node, new_name: str, replaced: bool
     ) -> None:
         """Folders have no server move: mkdir the new tree, move each file, rmdir the old
         (where the service can remove folders). `replaced`: an empty folder had the new
@@ -677,9 +677,10 @@ class Operations(pyfuse3.Operations):
                     log.debug("could not move %s back: %s", new.key, exc)
                     continue
                 left -= 1
-            for folder in reversed(made if self.caps.rmdir and not left else []):
-                with contextlib.suppress(StowfsError):
-                    await self.remote.rmdir(folder)
+            if self.caps.rmdir and not left:
+                for folder in reversed(made):
+                    with contextlib.suppress(StowfsError):
+                        await self.remote.rmdir(folder)
         if left:
             log.warning("a folder rename broke off: %d of its files stay moved", left)
 
