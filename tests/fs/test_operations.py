@@ -325,42 +325,36 @@ async def test_a_folder_rename_that_breaks_halfway_shows_where_each_file_is(
         assert await fs.read_file(path) == path[-1].encode()
 
 
-async def test_a_folder_rename_refused_halfway_is_put_back(
-    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (Conflict("legal hold", status=409), errno.EPERM),  # refused for good
+        (Unavailable("server down", status=503), errno.EIO),  # retries spent, then back
+    ],
+)
+async def test_a_folder_rename_that_fails_halfway_is_put_back(
+    fs: FS,
+    remote: MemRemote,
+    monkeypatch: pytest.MonkeyPatch,
+    error: RemoteError,
+    expected: int,
 ) -> None:
-    """The service refuses the second file's move (a legal hold): the first goes back, the
-    new folder goes, and the folder is whole where it was."""
+    """The second file's move fails: the first goes back, the new folder goes, and the
+    folder is whole where it was."""
 
-    def refuse_the_next() -> None:
-        remote.fail["move"] = Conflict("legal hold", status=409)
+    def fail_the_next() -> None:
+        remote.fail["move"] = error
 
-    await folder_x_moving(fs, remote, monkeypatch, refuse_the_next)
+    await folder_x_moving(fs, remote, monkeypatch, fail_the_next)
     with pytest.raises(pyfuse3.FUSEError) as exc:
         await fs.rename("x", "z")
-    assert fuse_errno(exc) == errno.EPERM
+    assert fuse_errno(exc) == expected
     assert sorted(f.path for f in remote.files.values()) == ["x/1", "x/2", "x/3"]
     assert "z" not in remote.folders
     assert await fs.listdir() == ["x"]
     assert await fs.listdir("x") == ["1", "2", "3"]
     for name in "123":
         assert await fs.read_file(f"x/{name}") == name.encode()
-
-
-async def test_a_folder_rename_cut_off_by_a_passing_outage_is_put_back(
-    fs: FS, remote: MemRemote, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The second move fails with the service unreachable (its retries spent), and the
-    service is back at once: the rename fails (EIO), the first file goes back."""
-
-    def unreachable_once() -> None:
-        remote.fail["move"] = Unavailable("server down", status=503)
-
-    await folder_x_moving(fs, remote, monkeypatch, unreachable_once)
-    with pytest.raises(pyfuse3.FUSEError) as exc:
-        await fs.rename("x", "z")
-    assert fuse_errno(exc) == errno.EIO
-    assert sorted(f.path for f in remote.files.values()) == ["x/1", "x/2", "x/3"]
-    assert await fs.listdir() == ["x"]
 
 
 async def test_an_undone_folder_rename_over_an_empty_folder_leaves_that_folder(
