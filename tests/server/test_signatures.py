@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from contextlib import closing
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +17,7 @@ from stowfs.server.routes_download import SMALL_BODY
 from stowfs.server.signing import Signer
 from tests.livesrv import LiveServer
 from tests.server.flows import upload_post
+from tests.server.test_presign import server_db
 from tests.server.test_storage import error_code
 
 
@@ -117,6 +119,21 @@ async def test_replayed_policy(api: httpx.AsyncClient) -> None:
             (await api.get(f"/files/storage/file/{g['object_key']}")).json()["file_url"]
         )
     assert got.content == b"first"
+
+
+async def test_upload_whose_grant_is_gone(api: httpx.AsyncClient, live_server: LiveServer) -> None:
+    """A valid policy whose pending upload was swept (expired) or aborted: 404, and the
+    bytes received leave nothing behind."""
+    g = await grant(api)
+    with closing(server_db(live_server)) as db, db:
+        db.execute("DELETE FROM files WHERE object_key = ?", (g["object_key"],))
+    temp = live_server.data_dir / "blobs" / "tmp"
+    before = set(temp.iterdir())
+    r = await post_form(g["upload_url"], g["upload_fields"])
+    assert r.status_code == 404
+    assert error_code(r) == "NOT_FOUND"
+    assert set(temp.iterdir()) == before
+    assert (await api.get(f"/files/storage/file/{g['object_key']}")).status_code == 404
 
 
 async def test_oversize_body(api: httpx.AsyncClient) -> None:

@@ -64,7 +64,8 @@ async def presigned_post(request: Request, state: StateDep, urls: UrlsDep) -> Re
         size = upload.size or 0
         if not low <= size <= high:
             raise too_large(high) if size > high else bad_request("file is too small")
-        return await _finish(state, urls, key, upload)
+        # The policy signed the row's content type: no lookup needed before the commit.
+        return await _finish(state, urls, key, fields.get("Content-Type", ""), upload)
     finally:
         await form.close()
 
@@ -74,18 +75,20 @@ def _pending(conn: sqlite3.Connection, key: str) -> tuple[sqlite3.Row, Principal
     return None if row is None else (row, files.owner(conn, row))
 
 
-async def _finish(state: ServerState, urls: Urls, key: str, upload: UploadFile) -> Response:
-    found = await state.db.read(lambda c: _pending(c, key))
-    if found is None:
-        raise APIError(404, "NOT_FOUND", "the upload has expired or was aborted")
-    row, who = found
+async def _finish(
+    state: ServerState, urls: Urls, key: str, content_type: str, upload: UploadFile
+) -> Response:
     received = await state.blobs.receive_file(upload.file)
-    stored = await files.publish_upload(
-        state.db,
-        received,
-        row["content_type"],
-        lambda c, facts: files.store(c, who, state.blobs, row["id"], received, facts),
-    )
+
+    def commit(conn: sqlite3.Connection, facts: dict[str, Any]) -> sqlite3.Row:
+        # Looked up in the commit's own transaction: one thread hop fewer per upload.
+        found = _pending(conn, key)
+        if found is None:
+            raise APIError(404, "NOT_FOUND", "the upload has expired or was aborted")
+        row, who = found
+        return files.store(conn, who, state.blobs, row["id"], received, facts)
+
+    stored = await files.publish_upload(state.db, received, content_type, commit)
     # 201 with the stored object's record (as GET file gives it) spares clients a stat.
     return JSONResponse(
         file_record(stored, urls, URL_EXPIRATION_DEFAULT),
