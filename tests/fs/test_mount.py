@@ -352,6 +352,10 @@ def test_kill9_with_write_back_pending(
     m.start("--write-back", "600")
     data = {f"f{i}": os.urandom(50_000 + i) for i in range(5)}
     try:
+        with open(m.path / "gone", "wb") as kept_open:  # removed while open: goes nowhere
+            kept_open.write(b"before")
+            os.unlink(m.path / "gone")
+            kept_open.write(b" and after the unlink")
         for name, content in data.items():
             (m.path / name).write_bytes(content)
         assert m.remote_files() == []
@@ -359,6 +363,7 @@ def test_kill9_with_write_back_pending(
         if remount:
             m.start()
             wait_for(lambda: len(m.remote_files()) == 5, 20, "the resumed uploads")
+            assert {f["filename"] for f in m.remote_files()} == set(data)
             for name, content in data.items():
                 assert m.remote_bytes(m.remote_file(name)) == content
                 assert (m.path / name).read_bytes() == content

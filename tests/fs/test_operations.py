@@ -846,6 +846,28 @@ async def test_offline_listing_uses_the_cache(fs: FS, remote: MemRemote) -> None
     assert await fs.listdir() == ["f"]  # not deleted: listings still show it
 
 
+@pytest.mark.parametrize("write_back", [None, 5.0])
+async def test_written_after_unlink_goes_nowhere(
+    remote: MemRemote, tmp_path: Path, write_back: float | None
+) -> None:
+    """A file removed while open and written to afterwards (a log kept open, a temp
+    file unlinked at once) is gone: no upload, no journal row for the next mount."""
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache, write_back=write_back) as fs:
+        fh = await fs.open("w", os.O_WRONLY | os.O_CREAT)
+        await fs.ops.write(fh, 0, b"data")
+        await fs.unlink("w")
+        await fs.ops.write(fh, 4, b"more")
+        await fs.close(fh)
+        assert fs.ops.journal.pending() == []
+        assert fs.ops.uploader.pending_nodes() == []
+        assert list((cache / "staging").iterdir()) == []
+    async with mounted_ops(remote, cache, write_back=write_back) as fs:
+        assert await fs.listdir() == []
+    assert remote.files == {}
+    assert remote.calls["upload"] == 0
+
+
 async def test_write_back_and_resume(
     remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

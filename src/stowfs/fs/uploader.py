@@ -103,8 +103,8 @@ class Uploader:
         """Journal a node's pending upload (or update where it goes); False if the
         journal could not be written."""
         staged = node.staged
-        if staged is None:
-            return True
+        if staged is None or not node.attached:
+            return True  # unlinked: its bytes go nowhere, also after a crash
         async with staged.journaling:  # one row per file, even for records at once
             if not staged.pending:  # (also: an upload landed and its row went meanwhile)
                 return True
@@ -142,6 +142,9 @@ class Uploader:
         `defer` seconds at least)."""
         staged = node.staged
         if staged is None or not staged.dirty:
+            return
+        if not node.attached:  # unlinked, then written to: nothing to upload
+            await self._drop(node, staged)
             return
         journaled = await self.record(node)
         await self._journal_stream(staged, self.streamer.progress(staged))
@@ -550,7 +553,11 @@ class Uploader:
 
     # -- shutdown ----------------------------------------------------------------------
     def pending_nodes(self) -> list[Node]:
-        return [n for n in self.tree.nodes.values() if n.staged is not None and n.staged.dirty]
+        return [
+            n
+            for n in self.tree.nodes.values()
+            if n.attached and n.staged is not None and n.staged.dirty
+        ]
 
     async def drain(self) -> int:
         """Upload everything pending now; returns how many stay journaled."""
