@@ -3,6 +3,7 @@ against a live server, with a deadline, failing fast if the process dies."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -122,7 +123,7 @@ class Mount:
 
     def unmount(self, timeout: float = 60.0) -> None:
         """fusermount3 -u, falling back to -z; then wait, terminate, kill."""
-        if os.path.ismount(self.path):
+        if _attached(self.path):
             done = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
             if done.returncode != 0:
                 subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
@@ -141,6 +142,15 @@ class Mount:
         self.proc = None
         if clean_up:
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+
+
+def _attached(path: Path) -> bool:
+    """Mounted, also by a mount process gone (its mountpoint answers ENOTCONN)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return os.path.ismount(path)
 
 
 def _alive(pid: int) -> bool:

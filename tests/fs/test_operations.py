@@ -29,7 +29,7 @@ from stowfs.errors import (
 )
 from stowfs.fs.journal import Journal
 from stowfs.fs.names import disambiguated
-from stowfs.fs.operations import MKNOD_GRACE
+from stowfs.fs.operations import MKNOD_GRACE, USAGE_TTL
 from stowfs.fs.tree import ROOT
 from stowfs.remote.base import Change, RemoteFile, UploadCheckpoint
 from tests.fs.harness import CTX, FS, mounted_ops, read_entries, setattr_
@@ -678,6 +678,27 @@ async def test_statfs_reports_plan_usage(fs: FS, remote: MemRemote) -> None:
     assert s.f_blocks * s.f_bsize == 1024 * 1024
     assert s.f_bavail * s.f_bsize == 1024 * 1024 - 4096
     assert s.f_ffree == 999
+
+
+async def test_statfs_follows_this_mounts_changes_at_once(
+    fs: FS, remote: MemRemote, autojump_clock: object
+) -> None:
+    async def used() -> int:
+        s = await fs.ops.statfs(CTX)
+        return (s.f_blocks - s.f_bfree) * s.f_bsize
+
+    assert await used() == 0
+    await fs.write_file("f", b"x" * 8192)
+    assert await used() == 8192
+    remote.put("", "elsewhere", b"y" * 4096)  # another client's: within USAGE_TTL
+    assert await used() == 8192
+    await trio.sleep(USAGE_TTL)
+    assert await used() == 8192 + 4096
+    calls = remote.calls["usage"]
+    assert await used() == 8192 + 4096
+    assert remote.calls["usage"] == calls  # asked once per USAGE_TTL
+    await fs.unlink("f")
+    assert await used() == 4096
 
 
 async def test_lookup_counts_and_forget(fs: FS, remote: MemRemote) -> None:

@@ -124,7 +124,7 @@ class Operations(pyfuse3.Operations):
         self.prefetch: Prefetcher | None = None
         self.handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1
-        self._usage: tuple[float, Usage] | None = None
+        self._usage: tuple[float, int, Usage] | None = None  # asked at, tree.edits then
         self._nursery: trio.Nursery | None = None
 
     # -- life cycle --------------------------------------------------------------------
@@ -732,9 +732,12 @@ class Operations(pyfuse3.Operations):
         return s
 
     async def _current_usage(self) -> Usage:
-        now = trio.current_time()
-        if self._usage is not None and now - self._usage[0] < USAGE_TTL:
-            return self._usage[1]
+        """The remote's usage, asked for again after USAGE_TTL or a change of this mount's
+        (so that `df` right after a `cp` or `rm` shows it)."""
+        now, edits = trio.current_time(), self.tree.edits
+        cached = self._usage
+        if cached is not None and now - cached[0] < USAGE_TTL and cached[1] == edits:
+            return cached[2]
         if not self.caps.usage:
             return Usage(0, 0, None, None)
         try:
@@ -742,8 +745,8 @@ class Operations(pyfuse3.Operations):
         except Unavailable:
             if self._usage is None:
                 raise
-            return self._usage[1]
-        self._usage = (now, usage)
+            return self._usage[2]
+        self._usage = (now, edits, usage)
         return usage
 
     # -- extended attributes -------------------------------------------------------------

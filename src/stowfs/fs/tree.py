@@ -110,6 +110,7 @@ class Tree:
         self._locks: dict[pyfuse3.InodeT, trio.Lock] = {}
         self._gone: dict[str, float] = {}  # keys this mount deleted or replaced: trio time
         self._left: dict[str, float] = {}  # folders this mount removed or moved: trio time
+        self.edits = 0  # objects this mount made or deleted: the usage known is stale after one
         root = Node(ROOT, ROOT, "", True, created=now)
         root.lookups = 1  # the kernel never forgets the root
         self.nodes[ROOT] = root
@@ -143,11 +144,13 @@ class Tree:
             self.deleted(node.file.key)
         node.file = file
         node.owned_at = trio.current_time()
+        self.edits += 1
 
     def deleted(self, key: str) -> None:
         """This mount deleted (or replaced) the object `key`: a listing that still shows it
         is older than that."""
         self._gone[key] = trio.current_time()
+        self.edits += 1
 
     def kept(self, key: str) -> None:
         """A delete of `key` announced with `deleted` failed: listings show it again."""
