@@ -889,6 +889,28 @@ async def test_written_after_unlink_goes_nowhere(
     assert remote.calls["upload"] == 0
 
 
+async def test_offline_a_folder_is_asked_for_once_per_dir_cache_time(
+    remote: MemRemote, tmp_path: Path, autojump_clock: object
+) -> None:
+    remote.put("", "f", b"1")
+    async with mounted_ops(remote, tmp_path / "c", dir_cache_time=10.0) as fs:
+        assert await fs.listdir() == ["f"]
+        remote.down = True
+        await trio.sleep(10)
+        before = remote.calls["list_folder"]
+        assert await fs.listdir() == ["f"]  # tried, failed: the cached listing
+        assert await fs.exists("f")
+        assert await fs.listdir() == ["f"]
+        assert remote.calls["list_folder"] == before + 1  # not once per lookup
+        await trio.sleep(10)
+        assert await fs.listdir() == ["f"]
+        assert remote.calls["list_folder"] == before + 2
+        remote.down = False
+        remote.put("", "g", b"2")
+        await trio.sleep(10)
+        assert await fs.listdir() == ["f", "g"]
+
+
 async def test_write_back_and_resume(
     remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

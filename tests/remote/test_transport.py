@@ -170,3 +170,36 @@ async def test_key_goes_only_to_the_api(autojump_clock: trio.testing.MockClock) 
     await bearer.request("GET", "uploads/images")
     assert seen[2].headers.get("authorization") == "Bearer sk-bearer-key"
     assert "x-api-key" not in seen[2].headers
+
+
+class Silent(httpx.AsyncBaseTransport):
+    """A server that accepts every request and never answers: each attempt waits for the
+    read timeout it was given, as httpcore does, and notes it."""
+
+    def __init__(self) -> None:
+        self.read_timeouts: list[float] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        read = request.extensions["timeout"]["read"]
+        self.read_timeouts.append(read)
+        await trio.sleep(read)
+        raise httpx.ReadTimeout("no answer", request=request)
+
+
+async def test_a_server_that_never_answers_holds_a_call_within_its_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    silent = Silent()
+    transport = Transport(
+        "http://svc.test/v1",
+        "stk_transport-test-key-000000",
+        policy=RetryPolicy(base_delay=1.0, max_delay=8.0, max_elapsed=30.0, max_attempts=100),
+        rng=random.Random(7),
+        http_transport=silent,
+    )
+    with pytest.raises(errors.Unavailable):
+        await transport.request("GET", "x")
+    assert trio.current_time() <= 31.0  # not the two minutes of the read timeout
+    assert silent.read_timeouts[0] == 30.0
+    with pytest.raises(OutcomeUnknown):  # it may have been done: not repeated blindly
+        await transport.request("POST", "x", json={})

@@ -51,6 +51,7 @@ class Node:
     # directories
     children: dict[str, pyfuse3.InodeT] = field(default_factory=dict)
     listed_at: float | None = None  # trio time of the last listing; None: stale
+    offline_at: float = -math.inf  # trio time a listing last failed, the cached one served
     created: float = 0.0  # wall time; a folder's mtime (set by touch, rsync: in memory)
     # the object version whose bytes the kernel's page cache holds
     kernel_version: tuple[str, str | None] | None = None
@@ -267,7 +268,11 @@ class Tree:
 
     # -- the directory cache -----------------------------------------------------------
     def stale(self, node: Node) -> bool:
-        return node.listed_at is None or trio.current_time() - node.listed_at >= self.dir_cache_time
+        """Offline, a folder is asked for again after as long as after a listing: else each
+        lookup of a command would wait out the retries again."""
+        if node.listed_at is None:
+            return True
+        return trio.current_time() - max(node.listed_at, node.offline_at) >= self.dir_cache_time
 
     async def refresh(self, node: Node, *, force: bool = False) -> None:
         """List the folder if the cached listing is stale. Offline, a cached listing stays."""
@@ -276,8 +281,9 @@ class Tree:
         lock = self._locks.setdefault(node.inode, trio.Lock())
         started = trio.current_time()
         async with lock:
-            if node.listed_at is not None and node.listed_at >= started and not force:
-                return  # someone listed it while we waited
+            listed = node.listed_at
+            if listed is not None and not force and max(listed, node.offline_at) >= started:
+                return  # someone listed it (or found the remote down) while we waited
             folder = self.folder_of(node)
             asked = trio.current_time()
             try:
@@ -286,6 +292,7 @@ class Tree:
                 if node.listed_at is None:
                     raise
                 log.warning("listing %r failed; serving the cached listing", folder)
+                node.offline_at = trio.current_time()
                 return
             except NotFound:
                 files, folders = [], []

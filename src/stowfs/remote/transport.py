@@ -35,6 +35,8 @@ Body = bytes | Callable[[], AsyncIterable[bytes]] | None
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Statuses where the server refused the request without doing it.
 _REFUSED = frozenset({429, 503})
+# The least wait for a connection or an answer granted to an attempt near the budget's end.
+_MIN_WAIT = 1.0
 
 
 # httpcore reads a response body 64 KiB at a time, which holds a download at about half
@@ -209,6 +211,7 @@ class Transport:
                 json=json,
                 content=_content(body),
                 headers=all_headers,
+                timeout=self._timeout(self.policy.max_elapsed - (trio.current_time() - start)),
             )
             failure: errors.RemoteError
             hint: float | None = None
@@ -255,6 +258,20 @@ class Transport:
                 raise failure
             log.info("%s; retry %d in %.1f s", failure, attempt, wait)
             await trio.sleep(wait)
+
+    def _timeout(self, left: float) -> httpx.Timeout:
+        """The client's timeouts, those for a connection and for an answer cut to what is
+        left of the call's budget: a server that accepts and never answers holds a call no
+        longer than failing ones would (the read timeout alone is two minutes)."""
+        base = self.client.timeout
+        cap = max(left, _MIN_WAIT)
+
+        def cut(seconds: float | None) -> float:
+            return cap if seconds is None else min(seconds, cap)
+
+        return httpx.Timeout(
+            connect=cut(base.connect), read=cut(base.read), write=base.write, pool=base.pool
+        )
 
 
 def _content(body: Body) -> bytes | AsyncIterable[bytes] | None:
