@@ -911,6 +911,25 @@ async def test_offline_a_folder_is_asked_for_once_per_dir_cache_time(
         assert await fs.listdir() == ["f", "g"]
 
 
+async def test_a_folder_due_for_a_listing_serves_its_entries_offline(
+    remote: MemRemote, tmp_path: Path, autojump_clock: object
+) -> None:
+    g = remote.put("", "g", b"2")
+    remote.put("", "f", b"1" * 10)
+    async with mounted_ops(remote, tmp_path / "c", dir_cache_time=10.0) as fs:
+        assert await fs.listdir() == ["f", "g"]
+        assert await fs.read_file("f") == b"1" * 10  # cached
+        del remote.files[g.key]  # deleted elsewhere: the read finds out, the folder is due
+        with pytest.raises(pyfuse3.FUSEError):
+            await fs.read_file("g")
+        remote.down = True
+        assert await fs.listdir() == ["f", "g"]  # was EIO: what it showed stays
+        assert await fs.read_file("f") == b"1" * 10
+        remote.down = False
+        await trio.sleep(10)
+        assert await fs.listdir() == ["f"]
+
+
 async def test_write_back_and_resume(
     remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

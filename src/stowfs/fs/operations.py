@@ -471,7 +471,7 @@ class Operations(pyfuse3.Operations):
         except NotFound as exc:  # deleted elsewhere: the folder's next look shows it
             parent = self.tree.nodes.get(node.parent)
             if parent is not None:
-                parent.listed_at = None
+                self.tree.expire(parent)
             raise fuse_error(exc, opened=True) from exc
 
     @handler
@@ -639,7 +639,7 @@ class Operations(pyfuse3.Operations):
             # Then list both sides again: each file shows where the service has it.
             await self._move_back(list(moved.values()), made)
             for stale in (self.tree.nodes[node.parent], new_parent, *self.tree.walk(node)):
-                stale.listed_at = None
+                self.tree.expire(stale)
             raise
         if self.caps.rmdir:
             for folder in reversed(folders):

@@ -50,7 +50,7 @@ class Node:
     attached: bool = True
     # directories
     children: dict[str, pyfuse3.InodeT] = field(default_factory=dict)
-    listed_at: float | None = None  # trio time of the last listing; None: stale
+    listed_at: float | None = None  # trio time of the last listing; None: never listed
     offline_at: float = -math.inf  # trio time a listing last failed, the cached one served
     created: float = 0.0  # wall time; a folder's mtime (set by touch, rsync: in memory)
     # the object version whose bytes the kernel's page cache holds
@@ -273,6 +273,13 @@ class Tree:
         if node.listed_at is None:
             return True
         return trio.current_time() - max(node.listed_at, node.offline_at) >= self.dir_cache_time
+
+    @staticmethod
+    def expire(node: Node) -> None:
+        """List the folder again at its next look; until then, and offline, what it
+        shows stays (a folder never listed stays so)."""
+        if node.listed_at is not None:
+            node.listed_at = node.offline_at = -math.inf
 
     async def refresh(self, node: Node, *, force: bool = False) -> None:
         """List the folder if the cached listing is stale. Offline, a cached listing stays."""

@@ -525,7 +525,7 @@ class Uploader:
         log.info("resumed upload of %s/%s", entry.folder, entry.name)
         parent = self.tree.find_dir(entry.folder)
         if parent is not None:
-            parent.listed_at = None  # show the resumed file
+            self.tree.expire(parent)  # show the resumed file
 
     async def _landed(
         self, entry: Entry, listings: dict[str, list[RemoteFile]]
