@@ -101,6 +101,24 @@ def test_rsync_keeps_mtimes_and_sends_nothing_twice(mount: Mount, tmp_path: Path
     assert len(mount.remote_files("tree/sub")) == 3
 
 
+def test_files_written_under_a_temp_name_get_their_real_names_type(mount: Mount) -> None:
+    """rsync writes `.name.XXXXXX`, sed -i `sedXXXXXX`, then rename: the URL must still
+    serve an image as one."""
+    src = mount.path.parent / "pics"
+    src.mkdir()
+    (src / "gen.png").write_bytes(b"\x89PNG fake")
+    (src / "notes.txt").write_text("draft\n")
+    sh("rsync", "-a", f"{src}/", mount.path)
+    sh("sed", "-i", "s/draft/final/", mount.path / "notes.txt")
+    for name, expected in (("gen.png", "image/png"), ("notes.txt", "text/plain")):
+        assert mount.remote_file(name)["content_type"] == expected
+        fact = sh("getfattr", "--only-values", "-n", "user.stowfs.content_type", mount.path / name)
+        assert fact == expected
+        with mount.api() as api:
+            served = api.get(mount.remote_file(name)["file_url"])
+            assert served.headers["content-type"].split(";")[0] == expected
+
+
 def test_refused_operations(mount: Mount) -> None:
     mnt = mount.path
     sh("touch", mnt / "f")

@@ -20,6 +20,7 @@ from PIL import Image
 from stowfs.server.config import MB, PLANS
 from stowfs.server.signing import Signer
 from tests.livesrv import LiveServer
+from tests.server.flows import upload_post
 from tests.server.test_storage import error_code
 
 
@@ -294,3 +295,31 @@ async def test_short_body_publishes_nothing(
     assert r.status_code == 200
     record = (await api.get(f"/files/storage/file/{grant['file_key']}")).json()
     assert record["checksum"] == hashlib.md5(data).hexdigest()
+
+
+async def test_a_move_gives_a_guessed_type_the_new_names_and_keeps_a_declared_one(
+    api: httpx.AsyncClient,
+) -> None:
+    async def move(key: str, filename: str) -> dict[str, Any]:
+        r = await api.post(
+            "/files/storage/file/move", json={"object_key": key, "filename": filename}
+        )
+        assert r.status_code == 200, r.text
+        moved: dict[str, Any] = r.json()
+        return moved
+
+    temp = await upload_post(api, ".photo.png.Xq3b", png(2, 2))  # rsync's temp name
+    assert temp["content_type"] == "application/octet-stream"
+    moved = await move(temp["object_key"], "photo.png")
+    assert moved["content_type"] == "image/png"
+    async with httpx.AsyncClient() as anon:
+        assert (await anon.get(moved["file_url"])).headers["content-type"] == "image/png"
+    searched = await api.post(
+        "/files/storage/search", json={"filters": {"content_type": "image/png"}}
+    )
+    assert [f["object_key"] for f in searched.json()["files"]] == [moved["object_key"]]
+
+    data = b"declared"
+    grant = await presign(api, "blob.bin", len(data), content_type="image/webp")
+    assert (await put(grant["upload_url"], data, grant["upload_headers"])).status_code == 200
+    assert (await move(grant["file_key"], "blob.txt"))["content_type"] == "image/webp"

@@ -317,11 +317,24 @@ def move(
     ms_text = row["object_key"].rsplit("/", 1)[-1].split("_", 1)[0]
     ms = parse_uint(ms_text) or int(time.time() * 1000)
     new_key = _unique_key(conn, who.team_id, folder, filename, ms)
+    # The type follows the name unless it was declared otherwise (a presigned upload):
+    # rsync's and sed's temp files become `photo.png` by a move.
+    content_type = row["content_type"]
+    if content_type == guess_type(row["filename"]):
+        content_type = guess_type(filename)
     record_file_change(conn, row, "delete")
     conn.execute(
         "UPDATE files SET object_key = ?, folder = ?, filename = ?, extension = ?,"
-        " updated_at = ? WHERE id = ?",
-        (new_key, folder, filename, extension_of(filename), iso(time.time()), row["id"]),
+        " content_type = ?, updated_at = ? WHERE id = ?",
+        (
+            new_key,
+            folder,
+            filename,
+            extension_of(filename),
+            content_type,
+            iso(time.time()),
+            row["id"],
+        ),
     )
     moved = by_id(conn, row["id"])
     reindex(conn, moved)
