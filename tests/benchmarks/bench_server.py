@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,9 @@ def insert_files(
     (rows only: their bytes are never read)."""
     rng = random.Random(seed)
     first = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM files").fetchone()[0]
-    files, attrs, fts = [], [], []
+    files: list[tuple[Any, ...]] = []
+    attrs: list[tuple[Any, ...]] = []
+    fts: list[tuple[Any, ...]] = []
     for i in range(count):
         row_id = first + i
         ext, ctype = rng.choice(TYPES)
@@ -221,7 +223,7 @@ def search_bodies(rng: random.Random, count: int) -> list[tuple[str, dict[str, A
     def day(frac: float) -> str:
         return iso(START + frac * YEAR)
 
-    shapes = [
+    shapes: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("all, newest first", lambda: {}),
         ("project", lambda: {"filters": {"project": rng.choice(PROJECTS)}}),
         (

@@ -78,7 +78,8 @@ def page_fill(size: int, record: Record) -> None:
 async def nginx_upload(client: HttpRemote, source: Path, base_url: str, work: Path) -> float:
     """curl PUTting the same parts as `curl_upload`, with the same parallelism, to nginx."""
     size = source.stat().st_size  # noqa: ASYNC240 (untimed set-up)
-    part_size, parallel = client.multipart.plan(size)  # type: ignore[attr-defined]
+    assert client.multipart is not None
+    part_size, parallel = client.multipart.plan(size)
     parts, _ = split_parts(source, part_size, work)
     args = ["curl", "-sS", "--no-progress-meter", "--fail", "--parallel"]
     args += ["--parallel-max", str(parallel)]

@@ -121,7 +121,7 @@ class FS:
     async def read_file(self, path: str, offset: int = 0, size: int = 1 << 30) -> bytes:
         fh = await self.open(path)
         try:
-            return await self.ops.read(fh, offset, size)
+            return bytes(await self.ops.read(fh, offset, size))
         finally:
             await self.ops.release(fh)
 

@@ -62,7 +62,7 @@ async def test_a_file_the_journal_cannot_hold_is_uploaded_at_close(
     remote: MemRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with mounted_ops(remote, tmp_path / "cache", write_back=300.0) as fs:
-        fs.ops.journal.record = failing  # type: ignore[method-assign]
+        fs.ops.journal.record = failing  # type: ignore[method-assign,assignment]
         await fs.write_file("a", b"bytes")  # write-back, but no row: sent now
         [f] = remote.by_path("a")
         assert remote.blobs[f.key] == b"bytes"
@@ -74,7 +74,7 @@ async def test_an_upload_the_journal_cannot_hold_is_kept_and_retried(
 ) -> None:
     async with mounted_ops(remote, tmp_path / "cache") as fs:
         await fs.listdir()
-        fs.ops.journal.record = failing  # type: ignore[method-assign]
+        fs.ops.journal.record = failing  # type: ignore[method-assign,assignment]
         remote.down = True
         with pytest.raises(pyfuse3.FUSEError) as exc:
             await fs.write_file("a", b"bytes")
@@ -93,7 +93,7 @@ async def test_a_journal_row_that_cannot_be_removed_stays_the_files(
 ) -> None:
     async with mounted_ops(remote, tmp_path / "cache") as fs:
         remove = fs.ops.journal.remove
-        fs.ops.journal.remove = failing  # type: ignore[method-assign]
+        fs.ops.journal.remove = failing  # type: ignore[method-assign,assignment]
         fh = await fs.open("a", os.O_WRONLY | os.O_CREAT)
         await fs.ops.write(fh, 0, b"one")
         await fs.ops.flush(fh)  # uploaded; its row stays

@@ -39,7 +39,7 @@ async def test_read_ahead_starts_while_the_first_reads_wait(
     out: dict[int, bytes] = {}
 
     async def one(offset: int) -> None:
-        out[offset] = await fs.ops.read(fh, offset, bs // 8)
+        out[offset] = bytes(await fs.ops.read(fh, offset, bs // 8))
 
     async with trio.open_nursery() as nursery:
         for offset in range(0, bs, bs // 8):  # in order, all in the first block

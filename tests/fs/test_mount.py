@@ -14,7 +14,7 @@ import pytest
 
 from stowfs.remote.upload import GROWING_PART
 from tests.fs.mountfix import Mount, new_mount, wait_for
-from tests.livesrv import LiveServer
+from tests.livesrv import LiveServer, stowfs_cmd
 
 MiB = 1024 * 1024
 
@@ -415,7 +415,7 @@ def test_kill9_before_a_streamed_upload_completes_resumes_from_its_parts(
         m.kill9()
         m.options = ("-v",)  # log every request
         m.start()
-        wait_for(lambda: m.remote_files(), 60, "the resumed upload", max_pause=0.2)
+        wait_for(lambda: bool(m.remote_files()), 60, "the resumed upload", max_pause=0.2)
         assert m.remote_bytes(m.remote_file(name)) == data
         requests = [line for line in m.log.read_text().splitlines() if "HTTP Request" in line]
         assert not [r for r in requests if "multipart/initiate" in r]
@@ -473,14 +473,12 @@ def test_mount_options(live_server: LiveServer, tmp_path: Path) -> None:
 
 
 def test_named_remote_and_folder(live_server: LiveServer, tmp_path: Path) -> None:
-    from tests.fs.mountfix import new_mount
-    from tests.livesrv import stowfs_cmd
-
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
     m.key_file.chmod(0o600)
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
     base = ["--url", m.base_url, "--key-file", str(m.key_file)]
-    done = subprocess.run(stowfs_cmd("remote", "add", "work", *base), env=env, capture_output=True)
+    add = stowfs_cmd("remote", "add", "work", *base)
+    done = subprocess.run(add, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     upload(m, "proj/in", "ref.png", b"ref", {})
     cmd = stowfs_cmd("mount", "work:proj", str(m.path), "--cache-dir", str(m.cache))

@@ -572,6 +572,7 @@ async def test_facts_of_a_pending_file_are_those_of_its_new_bytes(
         assert new.key != old.key
         assert remote.blobs[new.key] == b"new"
         assert url == f"mem://{new.key}?fresh".encode()
+        assert new.checksum is not None
         assert await fs.getxattr("replaced", "user.stowfs.checksum") == new.checksum.encode()
         await fs.setxattr("created", "user.stowfs.public", b"true")
         [created] = remote.by_path("created")
@@ -1025,7 +1026,7 @@ async def test_a_write_while_an_upload_is_being_settled_is_kept(
             release.wait(10)
             remove(entry_id)
 
-        fs.ops.journal.remove = slow_remove  # type: ignore[method-assign]
+        fs.ops.journal.remove = slow_remove  # type: ignore[method-assign,assignment]
         await fs.write_file("a", b"v1")
         with trio.fail_after(10):
             while not removing.is_set():

@@ -245,6 +245,7 @@ async def test_invalid_part_lists(api: httpx.AsyncClient) -> None:
 
 async def test_presign_parts_validation(api: httpx.AsyncClient) -> None:
     up = await initiate(api)
+    body: dict[str, Any]
     for body in (
         {},
         {"parts": 2, "part_numbers": [1]},

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import trio
 from starlette.datastructures import FormData
@@ -76,7 +76,7 @@ class BlobStore:
             raise
         return Received(tmp, size, md5)
 
-    async def receive_file(self, source: BinaryIO) -> Received:
+    async def receive_file(self, source: IO[bytes]) -> Received:
         """Copy a spooled form upload into a temp file."""
 
         def run() -> Received:
