@@ -203,3 +203,8 @@ async def test_a_server_that_never_answers_holds_a_call_within_its_budget(
     assert silent.read_timeouts[0] == 30.0
     with pytest.raises(OutcomeUnknown):  # it may have been done: not repeated blindly
         await transport.request("POST", "x", json={})
+    silent.read_timeouts.clear()
+    with pytest.raises(OutcomeUnknown):  # joining a big upload's parts: the wait is its own
+        await transport.request("POST", "x", json={}, slow=True)
+    assert silent.read_timeouts == [transport.client.timeout.read]
+    assert silent.read_timeouts[0] is not None and silent.read_timeouts[0] > 30.0

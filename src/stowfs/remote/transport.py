@@ -154,14 +154,17 @@ class Transport:
         idempotent: bool | None = None,
         accept: frozenset[int] = frozenset(),
         accept_on_retry: frozenset[int] = frozenset(),
+        slow: bool = False,
     ) -> httpx.Response:
         """One call with retries; returns a 2xx response (or one in `accept`), else raises.
 
         `accept_on_retry`: statuses that mean success when an earlier attempt may have
         been processed (412 after a lost answer to an If-None-Match PUT, 404 after a lost
-        answer to a DELETE); the caller sees the status and confirms the state."""
+        answer to a DELETE); the caller sees the status and confirms the state.
+        `slow`: the server works a while before it answers (it joins and hashes a big
+        upload's parts): the wait for the answer is not cut to the retry budget."""
         async with self._send(
-            method, path, params, json, body, headers, idempotent, accept, accept_on_retry
+            method, path, params, json, body, headers, idempotent, accept, accept_on_retry, slow
         ) as response:
             await response.aread()
             return response
@@ -177,7 +180,7 @@ class Transport:
         """A response whose body is read by the caller; 403 and 416 are handed back, not
         raised, so the download path can renew its URL or stop at EOF."""
         async with self._send(
-            method, url, None, None, None, headers, True, frozenset({403, 416}), frozenset()
+            method, url, None, None, None, headers, True, frozenset({403, 416}), frozenset(), False
         ) as response:
             yield response
 
@@ -193,6 +196,7 @@ class Transport:
         idempotent: bool | None,
         accept: frozenset[int],
         accept_on_retry: frozenset[int],
+        slow: bool,
     ) -> AsyncIterator[httpx.Response]:
         url = self.url(path)
         what = describe(method, url)
@@ -211,7 +215,9 @@ class Transport:
                 json=json,
                 content=_content(body),
                 headers=all_headers,
-                timeout=self._timeout(self.policy.max_elapsed - (trio.current_time() - start)),
+                timeout=self._timeout(
+                    self.policy.max_elapsed - (trio.current_time() - start), slow
+                ),
             )
             failure: errors.RemoteError
             hint: float | None = None
@@ -259,19 +265,19 @@ class Transport:
             log.info("%s; retry %d in %.1f s", failure, attempt, wait)
             await trio.sleep(wait)
 
-    def _timeout(self, left: float) -> httpx.Timeout:
-        """The client's timeouts, those for a connection and for an answer cut to what is
-        left of the call's budget: a server that accepts and never answers holds a call no
-        longer than failing ones would (the read timeout alone is two minutes)."""
+    def _timeout(self, left: float, slow: bool) -> httpx.Timeout:
+        """The client's timeouts, those for a connection and (unless `slow`) for an
+        answer cut to what is left of the call's budget: a server that accepts and never
+        answers holds a call no longer than failing ones would (the read timeout alone is
+        two minutes)."""
         base = self.client.timeout
         cap = max(left, _MIN_WAIT)
 
         def cut(seconds: float | None) -> float:
             return cap if seconds is None else min(seconds, cap)
 
-        return httpx.Timeout(
-            connect=cut(base.connect), read=cut(base.read), write=base.write, pool=base.pool
-        )
+        read = base.read if slow else cut(base.read)
+        return httpx.Timeout(connect=cut(base.connect), read=read, write=base.write, pool=base.pool)
 
 
 def _content(body: Body) -> bytes | AsyncIterable[bytes] | None:

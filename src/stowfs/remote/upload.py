@@ -367,13 +367,15 @@ class Multipart:
             "parts": [{"part_number": n, "etag": cp.parts[n]} for n in sorted(cp.parts)],
         }
         try:
-            response = await self.transport.request("POST", "uploads/multipart/complete", json=body)
+            response = await self.transport.request(
+                "POST", "uploads/multipart/complete", json=body, slow=True
+            )
         except OutcomeUnknown:
             # The parts are joined at most once: ask again; an upload that is gone or an
             # object that exists means the lost answer was a success.
             try:
                 response = await self.transport.request(
-                    "POST", "uploads/multipart/complete", json=body
+                    "POST", "uploads/multipart/complete", json=body, slow=True
                 )
             except (errors.NotFound, errors.AlreadyExists, OutcomeUnknown):
                 return Uploaded(cp.key, md5, {}, confirmed=False)
