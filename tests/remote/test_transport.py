@@ -207,4 +207,4 @@ async def test_a_server_that_never_answers_holds_a_call_within_its_budget(
     with pytest.raises(OutcomeUnknown):  # joining a big upload's parts: the wait is its own
         await transport.request("POST", "x", json={}, slow=True)
     assert silent.read_timeouts == [transport.client.timeout.read]
-    assert silent.read_timeouts[0] is not None and silent.read_timeouts[0] > 30.0
+    assert silent.read_timeouts[0] > 30.0  # two minutes, not the budget
