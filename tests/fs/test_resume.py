@@ -245,9 +245,10 @@ def test_a_journal_of_an_earlier_version_gains_the_new_columns(tmp_path: Path) -
     [entry] = journal.pending()
     assert (entry.name, entry.progress) == ("a", None)  # the upload starts over
     assert entry.public is None  # the service's default visibility
-    journal.record(entry.id, entry.staging, "in", "a", None, {}, public=True)
+    assert entry.size is None  # not known: not checked at resume
+    journal.record(entry.id, entry.staging, "in", "a", None, {}, public=True, size=5)
     [entry] = journal.pending()
-    assert entry.public is True
+    assert (entry.public, entry.size) == (True, 5)
     journal.close()
 
 
@@ -369,3 +370,68 @@ async def test_a_journaled_upload_without_its_staging_file_is_dropped_and_said(
     assert remote.files == {}
     [message] = [r.getMessage() for r in caplog.records if "no staging file" in r.getMessage()]
     assert "landed before its row could be removed" in message
+
+
+async def test_a_staging_file_shorter_than_journaled_is_set_aside_not_sent(
+    remote: MemRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash of the machine can leave a journaled staging file without the bytes that
+    had not reached the disk: sending it would replace the remote's good version with a
+    damaged one. It is kept aside, the remote keeps its version, and the log says where."""
+    old = remote.put("", "f", b"old bytes")
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
+        await fs.write_file("f", b"new bytes, longer")
+        remote.down = True  # no upload, no clean unmount: as after a crash
+    remote.down = False
+    journal = Journal(cache / "journal.db")
+    [entry] = journal.pending()
+    assert entry.size == len(b"new bytes, longer")
+    os.truncate(entry.staging, 4)  # what the disk had of it
+    async with mounted_ops(remote, cache) as fs:
+        with trio.fail_after(5):
+            while journal.pending():
+                await trio.sleep(0.01)
+        assert await fs.read_file("f") == b"old bytes"
+    journal.close()
+    assert list(remote.files) == [old.key]
+    kept = cache / "damaged" / f"{entry.id}-f"
+    assert kept.read_bytes() == b"new "
+    assert not entry.staging.exists()
+    [message] = [r.getMessage() for r in caplog.records if "was not sent" in r.getMessage()]
+    assert "4 of the 17 bytes" in message
+    assert str(kept) in message
+
+
+async def test_fsync_of_a_file_kept_for_write_back_reaches_the_disk(
+    remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    journal_syncs: list[None] = []
+    monkeypatch.setattr(Journal, "sync", lambda self: journal_syncs.append(None))
+    async with mounted_ops(remote, tmp_path / "cache", write_back=1000.0) as fs:
+        fh = await fs.open("f", os.O_WRONLY | os.O_CREAT)
+        await fs.ops.write(fh, 0, b"durable")
+        await fs.ops.fsync(fh, False)
+        staged = fs.ops.tree.nodes[await fs.resolve("f")].staged
+        assert staged is not None
+        assert staged.fd in synced  # its bytes
+        assert len(synced) == 2  # and its staging folder (its name)
+        assert journal_syncs == [None]  # and its row
+        assert remote.files == {}  # still to be uploaded
+        await fs.close(fh)
+    async with mounted_ops(remote, tmp_path / "cache2") as fs:  # sync mode: uploaded
+        synced.clear()
+        fh = await fs.open("g", os.O_WRONLY | os.O_CREAT)
+        await fs.ops.write(fh, 0, b"up")
+        await fs.ops.fsync(fh, False)
+        assert remote.blobs[stored(remote, "g").key] == b"up"
+        assert synced == []  # nothing kept here to sync
+        await fs.close(fh)

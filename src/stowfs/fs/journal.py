@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # uploads.resume: JSON of a `Progress` (NULL: no multipart upload under way).
 # uploads.public: the visibility the object gets once up (NULL: the service's default).
+# uploads.size: the bytes staged when the row was written; a staging file found shorter
+# lost bytes that never reached the disk (NULL: a row of a version before the column).
 # Journals written before these columns had none: they are added on open.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -38,7 +40,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     replaces TEXT,
     metadata TEXT NOT NULL,
     resume TEXT,
-    public INTEGER
+    public INTEGER,
+    size INTEGER
 );
 CREATE TABLE IF NOT EXISTS drops (
     key TEXT PRIMARY KEY,
@@ -98,6 +101,7 @@ class Entry:
     metadata: dict[str, Any]
     progress: Progress | None = None
     public: bool | None = None
+    size: int | None = None
 
 
 class Journal:
@@ -108,7 +112,7 @@ class Journal:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(uploads)")}
-        for name, kind in (("resume", "TEXT"), ("public", "INTEGER")):
+        for name, kind in (("resume", "TEXT"), ("public", "INTEGER"), ("size", "INTEGER")):
             if name not in columns:
                 self._conn.execute(f"ALTER TABLE uploads ADD COLUMN {name} {kind}")
         self._lock = threading.Lock()
@@ -126,24 +130,31 @@ class Journal:
         replaces: str | None,
         metadata: dict[str, Any],
         public: bool | None = None,
+        size: int | None = None,
     ) -> int:
         """Insert or update the row of one pending upload; returns its id."""
-        row = (str(staging), folder, name, replaces, json.dumps(metadata), public)
+        row = (str(staging), folder, name, replaces, json.dumps(metadata), public, size)
         with self._lock, _writing():
             if entry_id is None:
                 cur = self._conn.execute(
-                    "INSERT INTO uploads (staging, folder, name, replaces, metadata, public)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO uploads (staging, folder, name, replaces, metadata, public,"
+                    " size) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
                 assert cur.lastrowid is not None
                 return cur.lastrowid
             self._conn.execute(
                 "UPDATE uploads SET staging=?, folder=?, name=?, replaces=?, metadata=?,"
-                " public=? WHERE id=?",
+                " public=?, size=? WHERE id=?",
                 (*row, entry_id),
             )
             return entry_id
+
+    def sync(self) -> None:
+        """Make every committed row durable (a commit alone is not, at synchronous=NORMAL:
+        the WAL is synced at checkpoints)."""
+        with self._lock, _writing():
+            self._conn.execute("PRAGMA wal_checkpoint(FULL)")
 
     def save_progress(self, entry_id: int, progress: Progress) -> None:
         with self._lock, _writing():
@@ -159,7 +170,7 @@ class Journal:
     def pending(self) -> list[Entry]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, staging, folder, name, replaces, metadata, resume, public"
+                "SELECT id, staging, folder, name, replaces, metadata, resume, public, size"
                 " FROM uploads ORDER BY id"
             ).fetchall()
         return [
@@ -172,6 +183,7 @@ class Journal:
                 json.loads(r[5]),
                 _progress(r[6]),
                 None if r[7] is None else bool(r[7]),
+                r[8],
             )
             for r in rows
         ]

@@ -504,6 +504,9 @@ class Operations(pyfuse3.Operations):
     @handler
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         await self.flush(fh)
+        staged = self._file_handle(fh).node.staged
+        if staged is not None and staged.pending:  # write-back: uploaded later, from here
+            await self.uploader.sync(staged)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.handles.pop(fh, None)

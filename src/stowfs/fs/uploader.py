@@ -119,6 +119,7 @@ class Uploader:
                 node.file.key if node.file else None,
                 self.metadata_of(staged),
                 staged.public,
+                staged.size,
             )
             if entry_id is None:
                 return False
@@ -483,13 +484,33 @@ class Uploader:
         self._orphans = left
         return not left
 
-    async def _forget(self, entry: Entry, why: str) -> None:
-        """An earlier mount's upload that will never be: its parts, bytes and row go."""
+    async def _forget(self, entry: Entry, why: str, keep: Path | None = None) -> None:
+        """An earlier mount's upload that will never be: its parts and row go, its bytes
+        too (or to `keep`)."""
         log.error("journaled upload of %s/%s %s", entry.folder, entry.name, why)
         if entry.progress is not None:
             await self.remote.abort_upload(entry.progress.checkpoint)
-        await trio.to_thread.run_sync(partial(entry.staging.unlink, missing_ok=True))
+        if keep is None:
+            await trio.to_thread.run_sync(partial(entry.staging.unlink, missing_ok=True))
+        else:
+            await trio.to_thread.run_sync(_move, entry.staging, keep)
         await self.journaled(entry.name, self.journal.remove, entry.id)
+
+    async def sync(self, staged: Staged) -> None:
+        """fsync(2) of a file kept for a later upload: its bytes, its name in the staging
+        folder and its journal row reach the disk, so that even a crash of the machine
+        leaves it to resume."""
+
+        def run() -> None:
+            os.fsync(staged.fd)
+            folder = os.open(staged.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+            self.journal.sync()
+
+        await trio.to_thread.run_sync(run)
 
     async def _resume(self, entry: Entry, listings: dict[str, list[RemoteFile]]) -> None:
         if not await trio.to_thread.run_sync(entry.staging.exists):
@@ -497,6 +518,19 @@ class Uploader:
                 entry,
                 "has no staging file any more: nothing to send (an upload that landed"
                 " before its row could be removed leaves this, as does a cache emptied by hand)",
+            )
+            return
+        size = (await trio.to_thread.run_sync(os.stat, entry.staging)).st_size
+        if entry.size is not None and size < entry.size:
+            # A crash of the machine lost written bytes before they reached the disk (or
+            # a truncate was never closed): sending the rest would replace the remote's
+            # whole version with a damaged one.
+            kept = self.staging_dir.parent / "damaged" / f"{entry.id}-{entry.name}"
+            await self._forget(
+                entry,
+                f"was not sent: its staging file has {size} of the {entry.size} bytes it had"
+                f" when journaled; the remote keeps its version, the bytes are kept in {kept}",
+                kept,
             )
             return
         new = await self._landed(entry, listings)
@@ -575,3 +609,8 @@ class Uploader:
                 log.warning("upload of %s failed at unmount: %s", node.name, exc)
                 left += 1
         return left
+
+
+def _move(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
