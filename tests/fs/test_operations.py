@@ -450,6 +450,31 @@ async def test_mtime_is_kept_in_metadata(fs: FS, remote: MemRemote) -> None:
     assert remote.files[f.key].metadata["mtime"] == 1_600_000_000.5
 
 
+async def test_the_mtime_xattr_sets_the_mtime(fs: FS, remote: MemRemote) -> None:
+    """user.mtime is the key that keeps the mtime: setting it is a touch, a value stat
+    could not show is refused, and a pending file's upload takes it too."""
+    f = remote.put("", "f", b"1")
+    inode = await fs.resolve("f")
+    await fs.setxattr("f", "user.mtime", b"1500000000.5")
+    assert (await fs.stat("f")).st_mtime_ns == 1_500_000_000_500_000_000
+    assert remote.files[f.key].metadata["mtime"] == 1_500_000_000.5
+    assert (inode, None) in fs.invalidated  # the kernel's cached attributes go
+    for bad in (b"yesterday", b"true", b"[1]"):
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await fs.setxattr("f", "user.mtime", bad)
+        assert fuse_errno(exc) == errno.EINVAL
+    assert remote.files[f.key].metadata["mtime"] == 1_500_000_000.5
+    calls = remote.calls["patch_metadata"]
+    await fs.setxattr("f", "user.mtime", b"1500000000.5")  # as read: nothing sent
+    assert remote.calls["patch_metadata"] == calls
+    fh = await fs.open("f", os.O_WRONLY)
+    await fs.ops.write(fh, 0, b"2")
+    await fs.setxattr("f", "user.mtime", b"1400000000")  # while its new bytes are pending
+    await fs.close(fh)
+    [g] = remote.by_path("f")
+    assert (remote.blobs[g.key], g.metadata["mtime"]) == (b"2", 1_400_000_000)
+
+
 async def test_a_folder_keeps_its_mtime_in_memory(fs: FS, remote: MemRemote) -> None:
     remote.put("d", "f", b"1")
     inode = await fs.resolve("d")

@@ -849,6 +849,12 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.EINVAL) from None
         if text == xattrs.PUBLIC:
             await self._set_public(node, decoded)
+        elif text == xattrs.MTIME:
+            if not isinstance(decoded, int | float) or isinstance(decoded, bool):
+                raise FUSEError(errno.EINVAL)  # stat could not show it
+            if float(decoded) != node.mtime:
+                await self._set_mtime(node, float(decoded))
+                self.tree.invalidate(node.inode, None)  # the kernel's attributes
         elif not text.startswith(xattrs.FACTS):
             await self._patch(node, text[len(xattrs.USER) :], decoded)
         # else: a fact, read-only: accepted without effect (see removexattr)

@@ -15,6 +15,7 @@ USER = "user."
 FACTS = "user.stowfs."
 PUBLIC = "user.stowfs.public"
 PID = "user.stowfs.pid"  # on the mount root: the process serving the mount
+MTIME = "user.mtime"  # the metadata key that keeps the mtime: seconds, as `touch` sets them
 # Read-only facts (plus the writable PUBLIC), in listing order.
 FACT_NAMES = (
     "key",
