@@ -525,7 +525,8 @@ class Uploader:
             # A crash of the machine lost written bytes before they reached the disk (or
             # a truncate was never closed): sending the rest would replace the remote's
             # whole version with a damaged one.
-            kept = self.staging_dir.parent / "damaged" / f"{entry.id}-{entry.name}"
+            short = entry.name.encode()[:200].decode("utf-8", "ignore")  # room for the id
+            kept = self.staging_dir.parent / "damaged" / f"{entry.id}-{short}"
             await self._forget(
                 entry,
                 f"was not sent: its staging file has {size} of the {entry.size} bytes it had"
