@@ -513,14 +513,16 @@ class Uploader:
         await trio.to_thread.run_sync(run)
 
     async def _resume(self, entry: Entry, listings: dict[str, list[RemoteFile]]) -> None:
-        if not await trio.to_thread.run_sync(entry.staging.exists):
+        try:
+            stat = await trio.to_thread.run_sync(os.stat, entry.staging)
+        except FileNotFoundError:
             await self._forget(
                 entry,
                 "has no staging file any more: nothing to send (an upload that landed"
                 " before its row could be removed leaves this, as does a cache emptied by hand)",
             )
             return
-        size = (await trio.to_thread.run_sync(os.stat, entry.staging)).st_size
+        size = stat.st_size
         if entry.size is not None and size < entry.size:
             # A crash of the machine lost written bytes before they reached the disk (or
             # a truncate was never closed): sending the rest would replace the remote's
@@ -534,7 +536,7 @@ class Uploader:
                 kept,
             )
             return
-        new = await self._landed(entry, listings)
+        new = await self._landed(entry, stat, listings)
         if new is not None:
             log.info("upload of %s/%s had landed before the mount ended", entry.folder, entry.name)
             new = await self._bring_to(new, {}, lambda: entry.metadata, lambda: entry.public)
@@ -563,14 +565,13 @@ class Uploader:
             self.tree.expire(parent)  # show the resumed file
 
     async def _landed(
-        self, entry: Entry, listings: dict[str, list[RemoteFile]]
+        self, entry: Entry, stat: os.stat_result, listings: dict[str, list[RemoteFile]]
     ) -> RemoteFile | None:
         """The object an earlier mount's upload made, if it landed and that mount ended
         before its row went (a crash, a kill -9): uploading it again would show the file
         twice. Known by name, size and MD5, and made after its bytes were written."""
         if not self.remote.capabilities.list:
             return None  # a drop folder cannot look: its record has what landed
-        stat = await trio.to_thread.run_sync(os.stat, entry.staging)
         if entry.folder not in listings:
             listings[entry.folder] = await self.remote.list_folder(entry.folder)
         alike = [

@@ -11,6 +11,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -366,17 +367,16 @@ class Multipart:
             "upload_id": cp.upload_id,
             "parts": [{"part_number": n, "etag": cp.parts[n]} for n in sorted(cp.parts)],
         }
+        complete = partial(
+            self.transport.request, "POST", "uploads/multipart/complete", json=body, slow=True
+        )
         try:
-            response = await self.transport.request(
-                "POST", "uploads/multipart/complete", json=body, slow=True
-            )
+            response = await complete()
         except OutcomeUnknown:
             # The parts are joined at most once: ask again; an upload that is gone or an
             # object that exists means the lost answer was a success.
             try:
-                response = await self.transport.request(
-                    "POST", "uploads/multipart/complete", json=body, slow=True
-                )
+                response = await complete()
             except (errors.NotFound, errors.AlreadyExists, OutcomeUnknown):
                 return Uploaded(cp.key, md5, {}, confirmed=False)
         doc = document(response) if response.content else {}
