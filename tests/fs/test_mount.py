@@ -140,6 +140,30 @@ def test_refused_operations(mount: Mount) -> None:
     assert mount.remote_files(str(deep.relative_to(mnt) / ("x" * 20)))[0]["filename"] == "g"
 
 
+def test_names_that_urls_must_escape(mount: Mount) -> None:
+    """Characters with a meaning in a URL or a query string, through paths and URLs."""
+    mnt = mount.path
+    names = ["a?b.txt", "a#b.txt", "100%.txt", "%2F.txt", "a+b c.txt", "q&r=s;t.txt"]
+    names += ["é ü 日本.txt", " lead", "trail ", "..dots", "-dash"]
+    folder = mnt / "d?x" / "#y %20"
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_text(name)
+    sh("mv", folder / "a?b.txt", mnt / "d?x" / "moved&.txt")
+    assert sorted(os.listdir(folder)) == sorted(n for n in names if n != "a?b.txt")
+    assert {f["filename"] for f in mount.remote_files("d?x/#y %20")} == set(names) - {"a?b.txt"}
+    with mount.api() as api:
+        for path, content in [(f"d?x/#y %20/{n}", n) for n in names[1:]] + [
+            ("d?x/moved&.txt", "a?b.txt")
+        ]:
+            assert (mnt / path).read_text() == content
+            url = os.getxattr(mnt / path, "user.stowfs.url").decode()
+            assert api.get(url).text == content, path
+            assert mount.remote_bytes(mount.remote_file(path)) == content.encode()
+    os.setxattr(folder / "a#b.txt", "user.k?#%", b"v&=+ x")
+    assert mount.remote_file("d?x/#y %20/a#b.txt")["metadata"]["k?#%"] == "v&=+ x"
+
+
 def test_xattrs_against_the_server(mount: Mount) -> None:
     mnt = mount.path
     upload(mount, "", "img.png", b"png", {"prompt": "a red fox", "seed": 7, "tags": ["x"]})
@@ -394,6 +418,38 @@ def test_kill9_with_write_back_pending(
             assert done.returncode != 0
             assert f"run: fusermount3 -u {m.path}" in done.stderr  # the dead mount, named
             subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=True)
+    finally:
+        m.unmount()
+
+
+def test_kill9_after_renaming_files_pending_for_write_back(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """Pending files renamed, moved into a folder that is then renamed, rewritten under
+    their new name: after kill -9 the next mount uploads each under its last name."""
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    m.start("--write-back", "600")
+    try:
+        (m.path / "a" / "sub").mkdir(parents=True)
+        (m.path / "a" / "f1").write_text("one")
+        (m.path / "a" / "sub" / "f2").write_text("two")
+        (m.path / "g").write_text("gee")
+        os.rename(m.path / "g", m.path / "a" / "g2")
+        os.rename(m.path / "a", m.path / "b")
+        (m.path / "h").write_text("first")
+        os.rename(m.path / "h", m.path / "h2")
+        (m.path / "h2").write_text("second")
+        assert m.remote_files() == []
+        m.kill9()
+        m.start()
+        wanted = {"f1": "one", "g2": "gee", "f2": "two", "h2": "second"}
+        wait_for(lambda: len(m.remote_files()) == 4, 20, "the resumed uploads")
+        found = {(f["folder"], f["filename"]): m.remote_bytes(f) for f in m.remote_files()}
+        assert found == {
+            (folder, name): wanted[name].encode()
+            for folder, name in [("b", "f1"), ("b", "g2"), ("b/sub", "f2"), ("", "h2")]
+        }
+        assert not (m.path / "a").exists()
     finally:
         m.unmount()
 
