@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -10,7 +11,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 
 from stowfs.remote.upload import GROWING_PART
 from tests.fs.mountfix import Mount, new_mount, wait_for
@@ -43,6 +46,28 @@ def upload(m: Mount, folder: str, name: str, data: bytes, metadata: dict[str, ob
             headers={"X-API-Key": ""},
         )
         assert r.status_code == 201, r.text
+
+
+async def fill_folder(m: Mount, folder: str, count: int) -> None:
+    """`count` one-byte files uploaded by another client, eight at a time."""
+    limiter = trio.CapacityLimiter(8)
+    headers = {"X-API-Key": m.key}
+    async with httpx.AsyncClient(base_url=m.base_url, timeout=60) as api:
+
+        async def one(name: str) -> None:
+            async with limiter:
+                body = {"filename": name, "folder": folder}
+                grant = await api.post("/files/upload-url", json=body, headers=headers)
+                r = await api.post(
+                    grant.json()["upload_url"],
+                    data=grant.json()["upload_fields"],
+                    files={"file": (name, b"x")},
+                )
+                assert r.status_code == 201, r.text
+
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(one, f"f{i}")
 
 
 def test_copy_list_read_edit_remove(mount: Mount, tmp_path: Path) -> None:
@@ -267,6 +292,40 @@ def test_df_shows_the_plan(mount: Mount) -> None:
     assert df() == (10 * 1024**3, -(-1_000_000 // 4096) * 4096)  # at once after cp
     (mount.path / "f").unlink()
     assert df() == (10 * 1024**3, 0)
+
+
+def test_a_full_quota_fails_cp_and_loses_nothing(live_server: LiveServer, tmp_path: Path) -> None:
+    """At the free plan's 1,000 files, cp fails with ENOSPC (an edit too: the new object
+    goes up before the old is removed); the bytes stay and go up once room is made."""
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key(plan="free"))
+    trio.run(fill_folder, m, "fill", 999)
+    m.start()
+    try:
+        (m.path / "last").write_text("fits")
+        source = tmp_path / "source"
+        source.write_text("no room")
+        assert "No space left on device" in fails("cp", source, m.path / "over")
+        with open(m.path / "last", "a") as f:
+            f.write(", edited")
+            with pytest.raises(OSError) as refused:
+                f.close()
+        assert refused.value.errno == errno.ENOSPC
+        assert (m.path / "over").read_text() == "no room"  # kept, retried in the background
+        assert m.remote_bytes(m.remote_file("last")) == b"fits"
+        with m.api() as api:
+            fill = [f for f in m.remote_files("fill") if f["filename"] in ("f0", "f1")]
+            for record in fill:
+                api.delete("/files/storage/file", params={"object_key": record["object_key"]})
+
+        def landed() -> bool:
+            found = {f["filename"]: f for f in m.remote_files()}
+            return {"over", "last"} <= set(found) and found["last"]["size"] == 12
+
+        wait_for(landed, 30, "the kept uploads", max_pause=0.2)
+        assert m.remote_bytes(m.remote_file("over")) == b"no room"
+        assert m.remote_bytes(m.remote_file("last")) == b"fits, edited"
+    finally:
+        m.unmount()
 
 
 def test_parallel_cp(mount: Mount, tmp_path: Path) -> None:
