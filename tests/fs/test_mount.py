@@ -282,6 +282,41 @@ def test_duplicates_and_remote_changes(mount: Mount) -> None:
     wait_for(lambda: len(os.listdir(mnt)) == 1, 10, "the delete to show")
 
 
+def test_a_file_open_across_a_replace_elsewhere_reads_one_version(mount: Mount) -> None:
+    """Another mount's replace (the new object, then the old one deleted) while a reader
+    holds the file open: the reader gets the bytes it opened or ESTALE, never the new
+    object's; the path shows the new one."""
+    size = 16 * MiB
+    upload(mount, "", "f", b"o" * size, {})
+    wait_for(lambda: (mount.path / "f").exists(), 10, "the file to show")
+    fd = os.open(mount.path / "f", os.O_RDONLY)
+    try:
+        assert os.pread(fd, MiB, 0) == b"o" * MiB
+        [old] = mount.remote_files()
+        upload(mount, "", "f", b"n" * size, {})
+        with mount.api() as api:
+            api.delete("/files/storage/file", params={"object_key": old["object_key"]})
+
+        def shows_new() -> bool:
+            try:
+                return (mount.path / "f").read_bytes() == b"n" * size
+            except OSError as exc:  # the old version, gone, until the change shows here
+                if exc.errno != errno.ESTALE:
+                    raise
+                return False
+
+        wait_for(shows_new, 10, "the new version")
+        seen = set()
+        for offset in range(0, size, 4 * MiB):
+            try:
+                seen.add(os.pread(fd, MiB, offset))
+            except OSError as exc:
+                seen.add(errno.errorcode[exc.errno or 0].encode())
+        assert seen <= {b"o" * MiB, b"ESTALE"}
+    finally:
+        os.close(fd)
+
+
 def test_df_shows_the_plan(mount: Mount) -> None:
     def df() -> tuple[int, int]:
         out = sh("df", "-B1", "--output=size,used", mount.path).split()

@@ -94,6 +94,49 @@ async def test_a_file_deleted_elsewhere_while_open_reads_as_a_stale_handle(
     assert await fs.listdir("sub") == []  # listed again at once
 
 
+async def replace_elsewhere(fs: FS, remote: MemRemote, old: RemoteFile, data: bytes) -> None:
+    """Another mount's replace: the new object, then the old one deleted; seen here at
+    the next listing."""
+    remote.put(old.folder, old.name, data)
+    await remote.delete(old.key)
+    fs.ops.tree.expire(fs.ops.tree.nodes[ROOT])
+
+
+async def test_a_reader_open_across_a_replace_elsewhere_never_sees_a_mix(
+    fs: FS, remote: MemRemote
+) -> None:
+    bs = 64 * 1024
+    old, new = b"o" * (2 * bs), b"n" * (2 * bs)
+    f = remote.put("", "f", old)
+    inode = await fs.resolve("f")
+    fh = await fs.open("f")
+    assert await fs.ops.read(fh, 0, bs) == old[:bs]  # a whole block: kept in the cache
+    await replace_elsewhere(fs, remote, f, new)
+    assert await fs.resolve("f") != inode  # the new object: another inode, no shared pages
+    assert (ROOT, "f") in fs.invalidated
+    assert await fs.read_file("f") == new
+    assert await fs.ops.read(fh, 0, bs) == old[:bs]  # the version it opened
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await fs.ops.read(fh, bs, bs)  # that version is gone from the server
+    assert fuse_errno(exc) == errno.ESTALE
+    await fs.ops.release(fh)
+    assert inode not in fs.ops.tree.nodes or not fs.ops.tree.nodes[inode].attached
+
+
+async def test_a_writer_open_across_a_replace_elsewhere_edits_the_new_object(
+    fs: FS, remote: MemRemote
+) -> None:
+    f = remote.put("", "f", b"old")
+    inode = await fs.resolve("f")
+    fh = await fs.open("f", os.O_WRONLY)
+    await replace_elsewhere(fs, remote, f, b"newer")
+    assert await fs.resolve("f") == inode
+    await fs.ops.write(fh, 0, b"N")
+    await fs.close(fh)
+    [g] = remote.by_path("f")
+    assert remote.blobs[g.key] == b"Newer"
+
+
 async def test_create_uploads_on_close(fs: FS, remote: MemRemote) -> None:
     await fs.write_file("new.txt", b"data")
     [f] = remote.by_path("new.txt")

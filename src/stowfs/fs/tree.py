@@ -401,6 +401,12 @@ class Tree:
                 continue
             remote = shown.get(name)
             if not child.is_dir and remote is not None:
+                if _readers_keep(child, remote):
+                    # As after a rename over it: the new object gets its own inode, and
+                    # so its own page cache, while an open reader keeps the bytes it
+                    # opened (or gets ESTALE once they are gone), never a mix of both.
+                    self.detach(child, notify=True)
+                    continue
                 shown_before = (child.version, child.size, child.mtime)
                 child.file = remote
                 if (child.version, child.size, child.mtime) != shown_before:
@@ -415,6 +421,16 @@ class Tree:
         for name, remote in shown.items():
             if name not in node.children and remote.key not in ours:  # (shown as its own)
                 self.new(node, name, False, file=remote)
+
+
+def _readers_keep(node: Node, remote: RemoteFile) -> bool:
+    """Whether `remote`, another object than the node's, replaces a file open only for
+    reading. A writer keeps the node: its next write edits the object shown now."""
+    return (
+        node.opens > node.writers == 0
+        and node.version is not None
+        and node.version != (remote.key, remote.checksum)
+    )
 
 
 def _shows(shown: RemoteFile | None, changed: RemoteFile | None) -> bool:
