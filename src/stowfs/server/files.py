@@ -44,6 +44,14 @@ def quota_error(message: str, **extra: Any) -> APIError:
     return APIError(507, "QUOTA_EXCEEDED", message, **extra)
 
 
+def changed_row(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> sqlite3.Row:
+    """The one files row an INSERT or UPDATE ... RETURNING * wrote. fetchall runs the
+    statement to its end, so none stays open in the transaction."""
+    (row,) = conn.execute(sql, params).fetchall()
+    assert isinstance(row, sqlite3.Row)
+    return row
+
+
 def by_id(conn: sqlite3.Connection, row_id: int) -> sqlite3.Row:
     row: sqlite3.Row | None = conn.execute("SELECT * FROM files WHERE id = ?", (row_id,)).fetchone()
     assert row is not None
@@ -109,10 +117,12 @@ def insert_pending(
     check_quota(conn, who, expected_size)
     now = time.time()
     key = _unique_key(conn, who.team_id, folder, filename, int(now * 1000))
-    conn.execute(
+    return changed_row(
+        conn,
         "INSERT INTO files (file_id, team_id, user_id, object_key, folder, filename, extension,"
         " content_type, state, upload_ip, metadata, created_at, updated_at, delete_after,"
-        " max_size, upload_kind, size) VALUES (?,?,?,?,?,?,?,?,'pending',?,?,?,?,?,?,?,?)",
+        " max_size, upload_kind, size) VALUES (?,?,?,?,?,?,?,?,'pending',?,?,?,?,?,?,?,?)"
+        " RETURNING *",
         (
             secrets.token_hex(12),
             who.team_id,
@@ -131,9 +141,6 @@ def insert_pending(
             upload_kind,
             expected_size,
         ),
-    )
-    return by_id(
-        conn, conn.execute("SELECT id FROM files WHERE object_key = ?", (key,)).fetchone()[0]
     )
 
 
@@ -168,9 +175,10 @@ def store(
         metadata.setdefault(key, value)
     now = time.time()
     publish(received.path, blobs.path(row["file_id"]))
-    conn.execute(
+    stored = changed_row(
+        conn,
         "UPDATE files SET state = 'stored', size = ?, checksum = ?, metadata = ?,"
-        " updated_at = ?, delete_after = ?, max_size = NULL WHERE id = ?",
+        " updated_at = ?, delete_after = ?, max_size = NULL WHERE id = ? RETURNING *",
         (
             received.size,
             received.md5,
@@ -180,7 +188,6 @@ def store(
             file_row,
         ),
     )
-    stored = by_id(conn, file_row)
     reindex(conn, stored)
     ensure_folders(conn, who.team_id, stored["folder"])
     record_file_change(conn, stored, "upsert")
@@ -278,8 +285,9 @@ def patch_metadata(
     metadata = merge_patch(metadata_of(row), patch)
     validate_metadata(metadata)
     now = time.time()
-    conn.execute(
-        "UPDATE files SET metadata = ?, updated_at = ?, delete_after = ? WHERE id = ?",
+    updated = changed_row(
+        conn,
+        "UPDATE files SET metadata = ?, updated_at = ?, delete_after = ? WHERE id = ? RETURNING *",
         (
             json.dumps(metadata, ensure_ascii=False),
             iso(now),
@@ -287,7 +295,6 @@ def patch_metadata(
             row["id"],
         ),
     )
-    updated = by_id(conn, row["id"])
     reindex(conn, updated)
     record_file_change(conn, updated, "upsert")
     return updated
@@ -301,11 +308,11 @@ def set_public(
     conn: sqlite3.Connection, who: Principal, object_key: str, is_public: bool
 ) -> sqlite3.Row:
     row = get_row(conn, who.team_id, object_key)
-    conn.execute(
-        "UPDATE files SET is_public = ?, updated_at = ? WHERE id = ?",
+    updated = changed_row(
+        conn,
+        "UPDATE files SET is_public = ?, updated_at = ? WHERE id = ? RETURNING *",
         (int(is_public), iso(time.time()), row["id"]),
     )
-    updated = by_id(conn, row["id"])
     record_file_change(conn, updated, "upsert")
     return updated
 
@@ -323,9 +330,10 @@ def move(
     if content_type == guess_type(row["filename"]):
         content_type = guess_type(filename)
     record_file_change(conn, row, "delete")
-    conn.execute(
+    moved = changed_row(
+        conn,
         "UPDATE files SET object_key = ?, folder = ?, filename = ?, extension = ?,"
-        " content_type = ?, updated_at = ? WHERE id = ?",
+        " content_type = ?, updated_at = ? WHERE id = ? RETURNING *",
         (
             new_key,
             folder,
@@ -336,7 +344,6 @@ def move(
             row["id"],
         ),
     )
-    moved = by_id(conn, row["id"])
     reindex(conn, moved)
     ensure_folders(conn, who.team_id, folder)
     record_file_change(conn, moved, "upsert")
