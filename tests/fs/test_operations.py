@@ -30,7 +30,7 @@ from stowfs.errors import (
 from stowfs.fs.journal import Journal
 from stowfs.fs.names import disambiguated
 from stowfs.fs.operations import MKNOD_GRACE, USAGE_TTL
-from stowfs.fs.tree import ROOT
+from stowfs.fs.tree import GONE_KEPT, ROOT
 from stowfs.remote.base import Change, RemoteFile, UploadCheckpoint
 from tests.fs.harness import CTX, FS, mounted_ops, read_entries, setattr_
 from tests.fs.memremote import CAPS, MemRemote
@@ -768,6 +768,19 @@ async def test_statfs_follows_this_mounts_changes_at_once(
     assert remote.calls["usage"] == calls  # asked once per USAGE_TTL
     await fs.unlink("f")
     assert await used() == 4096
+
+
+async def test_marks_of_deletes_do_not_pile_up_on_a_mount_that_never_lists(
+    remote: MemRemote, tmp_path: Path, patient_clock: object
+) -> None:
+    """What this mount deleted is kept from listings for GONE_KEPT seconds; a mount
+    whose folders are never listed again (the change feed keeps them) keeps no more."""
+    async with mounted_ops(remote, tmp_path / "cache", dir_cache_time=1e9) as fs:
+        for i in range(3):
+            await fs.write_file(f"f{i}", b"x")
+            await fs.unlink(f"f{i}")
+            await trio.sleep(GONE_KEPT + 1)
+        assert len(fs.ops.tree._gone) == 1
 
 
 async def test_lookup_counts_and_forget(fs: FS, remote: MemRemote) -> None:

@@ -150,7 +150,7 @@ class Tree:
     def deleted(self, key: str) -> None:
         """This mount deleted (or replaced) the object `key`: a listing that still shows it
         is older than that."""
-        self._gone[key] = trio.current_time()
+        _mark(self._gone, key)
         self.edits += 1
 
     def kept(self, key: str) -> None:
@@ -177,7 +177,7 @@ class Tree:
         if parent is None or parent.children.get(node.name) != node.inode:
             return False
         if node.is_dir:
-            self._left[self.folder_of(node)] = trio.current_time()
+            _mark(self._left, self.folder_of(node))
         del parent.children[node.name]
         return True
 
@@ -384,9 +384,7 @@ class Tree:
         """Apply a listing of `node` asked for at trio time `asked`. What this mount did
         since (an upload landing, a delete) is newer than the listing and stays."""
         for marks in (self._gone, self._left):
-            for key, when in list(marks.items()):
-                if when < asked - GONE_KEPT:
-                    del marks[key]  # no listing asked for now can still show it
+            _forget_old(marks, asked)
         # A folder this mount removed or moved after the listing was asked is gone; one
         # created again since (here or elsewhere) shows in the next listing.
         base = self.folder_of(node)
@@ -446,3 +444,25 @@ def _shows(shown: RemoteFile | None, changed: RemoteFile | None) -> bool:
 def _facts(file: RemoteFile) -> tuple[Any, ...]:
     """What a listing shows of a file (its signed URL is new in every answer)."""
     return file.name, file.size, file.checksum, dict(file.metadata), file.is_public
+
+
+def _mark(marks: dict[str, float], key: str) -> None:
+    """Note `key` now, and forget the marks no listing asked for from now on can show:
+    a mount that deletes without listing (the change feed keeps its folders) still
+    keeps only the last GONE_KEPT seconds of them."""
+    now = trio.current_time()
+    marks.pop(key, None)  # re-inserted: the marks stay in time order, the oldest first
+    marks[key] = now
+    _forget_old(marks, now)
+
+
+def _forget_old(marks: dict[str, float], asked: float) -> None:
+    """Drop the marks older than any listing asked for at `asked` can still show (from
+    the oldest: a bulk delete must not scan every mark per file)."""
+    stale = []
+    for key, when in marks.items():
+        if when >= asked - GONE_KEPT:
+            break  # the rest is newer
+        stale.append(key)
+    for key in stale:
+        del marks[key]
