@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -18,6 +19,10 @@ from .tuning import Tuning
 log = logging.getLogger("stowfs.remote")
 
 Renew = Callable[[RemoteFile], Awaitable[RemoteFile]]
+# Keys whose newest URL is kept (the most recently used): a long-lived mount or daemon
+# sees keys come and go elsewhere without end. One forgotten costs nothing while the
+# URL its file carries is valid, else a renewal.
+URLS_KEPT = 10_000
 
 
 class Downloader:
@@ -25,7 +30,7 @@ class Downloader:
         self.transport = transport
         self.renew = renew  # None: the dialect cannot issue a new URL
         self.tuning = tuning
-        self._urls: dict[str, tuple[str, float]] = {}
+        self._urls: OrderedDict[str, tuple[str, float]] = OrderedDict()  # the oldest first
 
     def remember(self, file: RemoteFile) -> None:
         if file.url:
@@ -33,6 +38,9 @@ class Downloader:
             known = self._urls.get(file.key)
             if known is None or known[1] < expires:
                 self._urls[file.key] = (file.url, expires)
+            self._urls.move_to_end(file.key)
+            if len(self._urls) > URLS_KEPT:
+                self._urls.popitem(last=False)
 
     def forget(self, key: str) -> None:
         self._urls.pop(key, None)
