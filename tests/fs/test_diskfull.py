@@ -108,25 +108,43 @@ async def test_a_journal_row_that_cannot_be_removed_stays_the_files(
 async def test_the_block_cache_keeps_room_and_survives_write_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cache = BlockCache(tmp_path / "blocks", max_bytes=100, block_size=10)
+    unit = os.statvfs(tmp_path).f_frsize  # blocks count for the disk space they take
+    cache = BlockCache(tmp_path / "blocks", max_bytes=25 * unit, block_size=unit)
     await cache.open()
     for index in range(3):
-        await cache.store("aa11", index, b"x" * 10)
-    assert cache.total == 30
-    short = {"bytes": 15}
+        await cache.store("aa11", index, b"x" * unit)
+    assert cache.total == 3 * unit
+    short = {"bytes": unit + unit // 2}
     monkeypatch.setattr(blockcache, "shortfall", lambda directory, size: short["bytes"])
-    await cache.store("aa11", 3, b"y" * 10)  # two old blocks make room for it
+    await cache.store("aa11", 3, b"y" * unit)  # two old blocks make room for it
     assert [cache.has("aa11", i) for i in range(4)] == [False, False, True, True]
-    short["bytes"] = 1000  # the disk is full of other things: nothing to give
-    await cache.store("aa11", 4, b"z" * 10)
+    short["bytes"] = 100 * unit  # the disk is full of other things: nothing to give
+    await cache.store("aa11", 4, b"z" * unit)
     assert not cache.has("aa11", 4)
     assert cache.total == 0  # what it held went, in vain but in order
     short["bytes"] = 0
     (tmp_path / "blocks" / "bb").write_bytes(b"")  # the block's folder cannot be made
-    await cache.store("bb22", 0, b"w" * 10)  # not cached, no error
+    await cache.store("bb22", 0, b"w" * unit)  # not cached, no error
     assert not cache.has("bb22", 0)
-    await cache.store("aa11", 5, b"v" * 10)
-    assert await cache.get("aa11", 5) == b"v" * 10
+    await cache.store("aa11", 5, b"v" * unit)
+    assert await cache.get("aa11", 5) == b"v" * unit
+
+
+async def test_tiny_blocks_count_for_the_disk_space_they_take(tmp_path: Path) -> None:
+    """A cache of objects of a few bytes stays within its cap on disk, not in bytes of
+    data only (each file takes a whole allocation unit), also after a remount."""
+    unit = os.statvfs(tmp_path).f_frsize
+    cache = BlockCache(tmp_path / "blocks", max_bytes=4 * unit, block_size=unit)
+    await cache.open()
+    for index in range(10):
+        await cache.store(f"{index:02d}ff", 0, b"tiny")
+    on_disk = list((tmp_path / "blocks").rglob("*.blk"))
+    assert (len(on_disk), cache.total) == (4, 4 * unit)
+    assert all(cache.has(f"{index:02d}ff", 0) for index in range(6, 10))
+    again = BlockCache(tmp_path / "blocks", max_bytes=2 * unit, block_size=unit)
+    await again.open()  # a smaller cap at the next mount: the oldest go
+    assert len(list((tmp_path / "blocks").rglob("*.blk"))) == 2
+    assert again.has("09ff", 0)
 
 
 @pytest.fixture

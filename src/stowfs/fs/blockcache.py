@@ -54,22 +54,29 @@ class BlockCache:
         self._memory: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._writing: dict[tuple[str, int], bytes] = {}  # on their way to disk
         self._writers = trio.CapacityLimiter(2)  # more threads only fight over the disk
+        # Blocks count for the disk space they take: a file of a few bytes takes a whole
+        # allocation unit, and a cache of tiny objects must not outgrow its cap by 40x.
+        self._unit = 4096
 
     async def open(self) -> None:
         """Index what a previous mount left, oldest first."""
 
         def scan() -> list[tuple[float, Path, int]]:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._unit = os.statvfs(self.directory).f_frsize or self._unit
             found = []
             for entry in self.directory.rglob("*.blk"):
                 st = entry.stat()
-                found.append((st.st_mtime, entry, st.st_size))
+                found.append((st.st_mtime, entry, self._footprint(st.st_size)))
             return sorted(found)
 
         for _, path, size in await trio.to_thread.run_sync(scan):
             self._lru[path] = size
             self._total += size
         await self._evict()
+
+    def _footprint(self, size: int) -> int:
+        return max(1, -(-size // self._unit)) * self._unit
 
     @property
     def total(self) -> int:
@@ -123,14 +130,15 @@ class BlockCache:
     async def store(self, vid: str, index: int, data: bytes, *, optional: bool = False) -> None:
         """Write a block to disk (LRU-bounded). `optional` (fetched blocks): skipped
         when the disk lags behind, so memory stays bounded."""
-        if len(data) > self.max_bytes or (optional and len(self._writing) >= WRITE_BACKLOG):
+        footprint = self._footprint(len(data))
+        if footprint > self.max_bytes or (optional and len(self._writing) >= WRITE_BACKLOG):
             return
         path = self._path(vid, index)
 
         def write(room_made: bool) -> int:
             """Write the block if it fits above the reserve (or room was made for it);
             else return the bytes missing."""
-            short = 0 if room_made else shortfall(self.directory, len(data))
+            short = 0 if room_made else shortfall(self.directory, footprint)
             if short:
                 return short
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,8 +166,8 @@ class BlockCache:
         finally:
             del self._writing[(vid, index)]
         self._forget(path)
-        self._lru[path] = len(data)
-        self._total += len(data)
+        self._lru[path] = footprint
+        self._total += footprint
         await self._evict()
 
     def remember(self, vid: str, index: int, data: bytes) -> None:
