@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -52,8 +53,8 @@ def main(verbose: int) -> None:
 
 def _parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"expected HOST:PORT (a port from 0 to 65535), got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -64,9 +65,12 @@ def _parse_rate(value: str | None) -> Any:
         return None
     count, _, window = value.partition("/")
     try:
-        return RateLimit(int(count), float(window or 60))
+        limit = RateLimit(int(count), float(window or 60))
     except ValueError:
-        raise click.BadParameter(f"expected REQUESTS[/SECONDS], got {value!r}") from None
+        limit = None
+    if limit is None or limit.requests < 1 or not 0 < limit.window_seconds < math.inf:
+        raise click.BadParameter(f"expected REQUESTS[/SECONDS], both above 0; got {value!r}")
+    return limit
 
 
 DATA_OPTION = click.option(
@@ -91,7 +95,11 @@ DATA_OPTION = click.option(
 )
 @click.option("--rate-limit", default=None, help="Per-key limit, REQUESTS/SECONDS (default: off).")
 @click.option(
-    "--sweep-interval", default=60.0, show_default=True, help="Seconds between clean-ups."
+    "--sweep-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds between clean-ups.",
 )
 @friendly
 def serve(

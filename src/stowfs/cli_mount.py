@@ -12,6 +12,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -43,9 +44,22 @@ def parse_size(text: str) -> int:
     unit = value[-1:] if value[-1:] in SIZES else ""
     number = value[: len(value) - len(unit)]
     try:
-        return int(float(number) * SIZES[unit])
+        size = int(float(number) * SIZES[unit])
+    except (ValueError, OverflowError):  # (also "nan" and "inf")
+        size = -1
+    if size < 0:
+        raise click.BadParameter(f"not a size: {text!r} (e.g. 512M, 2G)")
+    return size
+
+
+def parse_umask(text: str) -> int:
+    try:
+        mask = int(text, 8)
     except ValueError:
-        raise click.BadParameter(f"not a size: {text!r} (e.g. 512M, 2G)") from None
+        mask = -1
+    if not 0 <= mask <= 0o777:
+        raise click.BadParameter(f"not an octal umask: {text!r} (e.g. 022)")
+    return mask
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ def apply_o(settings: Settings, text: str) -> tuple[Settings, set[str]]:
             elif name in ("uid", "gid"):
                 changes[name] = int(value)
             elif name == "umask":
-                changes["umask"] = int(value, 8)
+                changes["umask"] = parse_umask(value)
             elif name in ("write_back", "dir_cache_time", "retry_time"):
                 changes[name] = float(value)
             elif name == "cache_dir":
@@ -121,6 +135,19 @@ def apply_o(settings: Settings, text: str) -> tuple[Settings, set[str]]:
         except ValueError:
             raise click.BadParameter(f"bad value in mount option {item!r}") from None
     return replace(settings, **changes), extra
+
+
+def check_settings(settings: Settings) -> Settings:
+    """The values no option parser can judge alone (-o and the flags give them)."""
+    for name in ("write_back", "dir_cache_time", "retry_time"):
+        seconds = getattr(settings, name)
+        if seconds is not None and not 0 <= seconds < math.inf:
+            option = name.replace("_", "-")
+            raise click.BadParameter(f"{option}: expected seconds, 0 or more; got {seconds:g}")
+    for name in ("uid", "gid"):
+        if not 0 <= getattr(settings, name) < 2**32 - 1:
+            raise click.BadParameter(f"{name}: expected an id from 0 to 4294967294")
+    return settings
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -388,10 +415,12 @@ def mount(
         "retry_time": retry_time,
         "uid": uid,
         "gid": gid,
-        "umask": int(umask, 8) if umask else None,
+        "umask": parse_umask(umask) if umask else None,
         "other_xattrs": other_xattrs,
     }
-    settings = replace(settings, **{k: v for k, v in given.items() if v is not None})
+    settings = check_settings(
+        replace(settings, **{k: v for k, v in given.items() if v is not None})
+    )
 
     if foreground:
         report = os.fdopen(ready_fd, "w") if ready_fd is not None else None
