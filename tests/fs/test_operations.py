@@ -35,6 +35,8 @@ from stowfs.remote.base import Change, RemoteFile, UploadCheckpoint
 from tests.fs.harness import CTX, FS, mounted_ops, read_entries, setattr_
 from tests.fs.memremote import CAPS, MemRemote
 
+RENAME_WHITEOUT = 4  # linux/fs.h; pyfuse3 names only the other two flags
+
 
 def fuse_errno(exc: pytest.ExceptionInfo[pyfuse3.FUSEError]) -> int:
     return exc.value.errno
@@ -301,9 +303,11 @@ async def test_rename_file_over_existing(fs: FS, remote: MemRemote) -> None:
     assert await fs.resolve("b") == inode  # inode follows the file
     [f] = remote.files.values()
     assert (f.name, remote.blobs[f.key]) == ("b", b"A")
-    with pytest.raises(pyfuse3.FUSEError) as exc:
-        await fs.rename("b", "b2", pyfuse3.RENAME_EXCHANGE)
-    assert fuse_errno(exc) == errno.EINVAL
+    for flag in (pyfuse3.RENAME_EXCHANGE, RENAME_WHITEOUT):
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await fs.rename("b", "b2", flag)
+        assert fuse_errno(exc) == errno.EINVAL
+    assert [f.name for f in remote.files.values()] == ["b"]
 
 
 async def test_rename_folder_moves_every_file(fs: FS, remote: MemRemote) -> None:

@@ -562,7 +562,7 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         self._writable()
-        if flags & pyfuse3.RENAME_EXCHANGE:
+        if flags & ~pyfuse3.RENAME_NOREPLACE:  # an exchange, a whiteout: no such objects
             raise FUSEError(errno.EINVAL)
         _, _, node = await self._entry(parent_inode_old, name_old)
         new_parent, new_name, target = await self._new_entry(parent_inode_new, name_new)
