@@ -460,6 +460,8 @@ def unmount(mountpoint: Path, timeout: float) -> None:
     done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if done.returncode != 0:
         message = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+        if "busy" in message:  # nothing was uploaded or lost: the mount goes on
+            message += f" (a program uses it: see `fuser -vm {mountpoint}`)"
         raise ConfigError(f"cannot unmount {mountpoint}: {message}")
     if pid is None:
         return

@@ -481,6 +481,13 @@ def test_busy_mountpoint(mount: Mount) -> None:
     assert done.returncode != 0
     assert "busy" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    with open(mount.path / "open.txt", "w"):  # a program still uses the mount
+        unmount = stowfs_cmd("unmount", str(mount.path))
+        done = subprocess.run(unmount, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"see `fuser -vm {mount.path}`" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert os.path.ismount(mount.path)
 
 
 @pytest.mark.parametrize("remount", [False, True])
