@@ -175,14 +175,23 @@ def cache_dir_for(source: Source, settings: Settings) -> Path:
 
 
 @contextlib.contextmanager
-def cache_lock(cache_dir: Path) -> Iterator[None]:
-    """One mount per cache dir: its journal and staging files are that mount's."""
+def cache_lock(cache_dir: Path, mountpoint: Path) -> Iterator[None]:
+    """One mount per cache dir: its journal and staging files are that mount's. The lock
+    file names the mount that holds it."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / "lock", "w") as lock:
+    with open(cache_dir / "lock", "a+") as lock:  # (not "w": the holder's line stays)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"cache dir {cache_dir} is used by another mount") from None
+            lock.seek(0)
+            holder = lock.read().strip() or "another mount"
+            raise ConfigError(
+                f"cache dir {cache_dir} is used by the mount on {holder} (of the same"
+                " storage folder): give this one a --cache-dir of its own"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{mountpoint}\n")
+        lock.flush()
         yield
 
 
@@ -227,7 +236,7 @@ def run_foreground(
             umask=settings.umask,
             other_xattrs=settings.other_xattrs,
         )
-        with cache_lock(cache_dir), _remote_endpoint(source) as (url, key, dialect):
+        with cache_lock(cache_dir, mountpoint), _remote_endpoint(source) as (url, key, dialect):
 
             async def main() -> None:
                 remote = await _connect(url, key, dialect, settings.retry_time)

@@ -488,6 +488,17 @@ def test_busy_mountpoint(mount: Mount) -> None:
     assert f"see `fuser -vm {mount.path}`" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert os.path.ismount(mount.path)
+    # The same storage on a second mountpoint needs a cache dir (a journal) of its own.
+    second = mount.path.parent / "second"
+    second.mkdir()
+    cmd = mount.command()
+    cmd[cmd.index(str(mount.path))] = str(second)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"used by the mount on {mount.path}" in done.stderr
+    assert "--cache-dir of its own" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not os.path.ismount(second)
 
 
 @pytest.mark.parametrize("remount", [False, True])
