@@ -203,6 +203,8 @@ async def test_refused_upload_reaches_close(fs: FS, remote: MemRemote) -> None:
     assert not remote.by_path("x.bin")
     assert not await fs.exists("x.bin")  # a refused new file is not shown
     assert await trio.to_thread.run_sync(fs.ops.journal.pending) == []
+    [kept] = (fs.ops.options.cache_dir / "refused").iterdir()  # nothing written is lost
+    assert (kept.name.endswith("-x.bin"), kept.read_bytes()) == (True, b"abc")
 
 
 async def test_an_upload_refused_in_the_background_is_dropped_not_retried(
@@ -239,6 +241,8 @@ async def test_an_upload_refused_in_the_background_is_dropped_not_retried(
         assert fs.ops.journal.pending() == []
     assert list((cache / "staging").iterdir()) == []
     assert remote.files == {}
+    kept = sorted(p.name.rpartition("-")[2] for p in (cache / "refused").iterdir())
+    assert kept == ["x.txt", "y.txt"]  # refused at once, and at the next mount
 
 
 @pytest.mark.parametrize(

@@ -395,7 +395,7 @@ async def test_a_staging_file_shorter_than_journaled_is_set_aside_not_sent(
         assert await fs.read_file("f") == b"old bytes"
     journal.close()
     assert list(remote.files) == [old.key]
-    kept = cache / "damaged" / f"{entry.id}-f"
+    kept = cache / "damaged" / f"{entry.staging.name}-f"
     assert kept.read_bytes() == b"new "
     assert not entry.staging.exists()
     [message] = [r.getMessage() for r in caplog.records if "was not sent" in r.getMessage()]

@@ -189,13 +189,27 @@ class Uploader:
         staged = node.staged
         if staged is None:
             return
+        kept = self._kept_path("refused", staged.path, node.name)
+        try:  # a second name for the bytes: a shell's `>` never reads the close's error
+            await trio.to_thread.run_sync(_link, staged.path, kept)
+            where = f"its bytes are in {kept}"
+        except OSError as exc:
+            where = f"its bytes could not be kept ({exc})"
         await self._drop(node, staged)
-        log.error("upload of %s refused by the remote; the change was not kept", node.name)
+        log.error(
+            "upload of %s refused by the remote; the change was not kept, %s", node.name, where
+        )
         if node.file is None:
             self.tree.detach(node, notify=True)
         elif node.opens == 0 and not staged.dirty:
             node.staged = None
             staged.discard()
+
+    def _kept_path(self, folder: str, staging: Path, name: str) -> Path:
+        """Where bytes that will not go up are kept (`folder` says why), under a name
+        that is unique (its staging file's) and says what they were."""
+        short = name.encode()[: 250 - len(staging.name)].decode("utf-8", "ignore")
+        return self.staging_dir.parent / folder / f"{staging.name}-{short}"
 
     async def cancel(self, node: Node) -> None:
         """The node was unlinked: its pending bytes go nowhere."""
@@ -477,7 +491,9 @@ class Uploader:
             try:
                 await self._resume(entry, listings)
             except REFUSED as exc:
-                await self._forget(entry, f"refused by the remote ({exc}); the change was not kept")
+                kept = self._kept_path("refused", entry.staging, entry.name)
+                why = f"refused by the remote ({exc}); the change was not kept, its bytes are in"
+                await self._forget(entry, f"{why} {kept}", kept)
             except (StowfsError, OSError) as exc:  # OSError: its staging file unreadable
                 log.warning("journaled upload of %s/%s failed: %s", entry.folder, entry.name, exc)
                 left.append(entry)
@@ -527,8 +543,7 @@ class Uploader:
             # A crash of the machine lost written bytes before they reached the disk (or
             # a truncate was never closed): sending the rest would replace the remote's
             # whole version with a damaged one.
-            short = entry.name.encode()[:200].decode("utf-8", "ignore")  # room for the id
-            kept = self.staging_dir.parent / "damaged" / f"{entry.id}-{short}"
+            kept = self._kept_path("damaged", entry.staging, entry.name)
             await self._forget(
                 entry,
                 f"was not sent: its staging file has {size} of the {entry.size} bytes it had"
@@ -616,3 +631,8 @@ class Uploader:
 def _move(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, target)
+
+
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.link(source, target)
