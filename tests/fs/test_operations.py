@@ -207,6 +207,29 @@ async def test_refused_upload_reaches_close(fs: FS, remote: MemRemote) -> None:
     assert (kept.name.endswith("-x.bin"), kept.read_bytes()) == (True, b"abc")
 
 
+async def test_an_edit_refused_twice_keeps_its_last_bytes(
+    fs: FS, remote: MemRemote, caplog: pytest.LogCaptureFixture
+) -> None:
+    remote.put("", "f", b"old")
+    fh = await fs.open("f", os.O_WRONLY)
+    for offset, data in ((0, b"new"), (3, b" and more")):
+        await fs.ops.write(fh, offset, data)
+        remote.fail["upload"] = TooLarge("big", status=413)
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await fs.ops.flush(fh)
+        assert fuse_errno(exc) == errno.EFBIG
+    await fs.ops.release(fh)
+    assert await fs.read_file("f") == b"old"  # the remote's version stands
+    [kept] = (fs.ops.options.cache_dir / "refused").iterdir()
+    assert kept.read_bytes() == b"new and more"
+    said = [r.getMessage() for r in caplog.records if "refused by the remote" in r.getMessage()]
+    assert (
+        said
+        == [f"upload of f refused by the remote; the change was not kept, its bytes are in {kept}"]
+        * 2
+    )
+
+
 async def test_an_upload_refused_in_the_background_is_dropped_not_retried(
     remote: MemRemote, tmp_path: Path, patient_clock: object
 ) -> None:
