@@ -36,7 +36,13 @@ WHY: dict[str, str] = {
     " reads at 0.65–0.77 GB/s, about 0.5× curl: every byte is received by Python's HTTP stack and"
     " then handed to the kernel by pyfuse3, in turn on that one thread. This run's two floors in"
     " series (stowfs's client receiving, the null fs replying, the fastest round of each) come to"
-    " {series}× curl's median. On top come the mount's own copies: a kernel read is seldom"
+    " {series}× curl's median. Round by round this run read {cold_rounds} MB/s. In every full"
+    " run so far the mount's second round, which comes right after rclone's workloads, read 1.1"
+    " to 2.7 times (mostly over 2) as fast as its first and third, which come right after the"
+    " round of limits; in a diagnostic run (2026-12-04) the mount then spent up to 5× the CPU"
+    " time on the same read, with no steal time, reclaim or compaction reported: the host"
+    " handing memory back shows as the guest's own CPU time. On top come the mount's own"
+    " copies: a kernel read is seldom"
     " block-aligned, so most join the ends of two blocks (`Reader.read`'s own time in the profile"
     " below). Ruled out: the kernel's read size (1 MiB, logged per read), block-cache writes and"
     " the kernel's read-ahead (two causes found and fixed on the way: blocks a sequential reader"
@@ -376,6 +382,8 @@ def why(results: Results, measure: str) -> str:
             f"{num(spread.low)}–{num(spread.high)}" if spread else "(not measured)"
         )
     floor["idle"] = f"{IDLE:g}"
+    cold = results.values("seq_read_cold", FS_SYSTEMS[0])
+    floor["cold_rounds"] = ", ".join(num(cold[r]) for r in sorted(cold)) or "(not measured)"
     floor["series"] = series_limit(results)
     return WHY[measure].format_map(floor)
 
