@@ -49,7 +49,9 @@ class BlockCache:
         self.directory = directory
         self.max_bytes = max_bytes
         self.block_size = block_size
-        self._lru: OrderedDict[Path, int] = OrderedDict()
+        # (version id, block index) -> disk space: a key of strings takes far less memory
+        # than a Path, and a cache of tiny blocks has hundreds of thousands of them.
+        self._lru: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._total = 0
         self._memory: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._writing: dict[tuple[str, int], bytes] = {}  # on their way to disk
@@ -61,17 +63,20 @@ class BlockCache:
     async def open(self) -> None:
         """Index what a previous mount left, oldest first."""
 
-        def scan() -> list[tuple[float, Path, int]]:
+        def scan() -> list[tuple[float, tuple[str, int], int]]:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._unit = os.statvfs(self.directory).f_frsize or self._unit
             found = []
             for entry in self.directory.rglob("*.blk"):
+                vid, _, index = entry.name.removesuffix(".blk").partition(".")
+                if not index.isdigit():
+                    continue  # not a block this cache wrote
                 st = entry.stat()
-                found.append((st.st_mtime, entry, self._footprint(st.st_size)))
+                found.append((st.st_mtime, (vid, int(index)), self._footprint(st.st_size)))
             return sorted(found)
 
-        for _, path, size in await trio.to_thread.run_sync(scan):
-            self._lru[path] = size
+        for _, key, size in await trio.to_thread.run_sync(scan):
+            self._lru[key] = size
             self._total += size
         await self._evict()
 
@@ -84,7 +89,7 @@ class BlockCache:
 
     def has(self, vid: str, index: int) -> bool:
         key = (vid, index)
-        return key in self._memory or key in self._writing or self._path(*key) in self._lru
+        return key in self._memory or key in self._writing or key in self._lru
 
     def _path(self, vid: str, index: int) -> Path:
         return self.directory / vid[:2] / f"{vid}.{index}.blk"
@@ -106,10 +111,11 @@ class BlockCache:
         if hot is not None:
             view = memoryview(hot)
             return view[start:] if size < 0 else view[start : start + size]
-        path = self._path(vid, index)
-        if path not in self._lru:
+        key = (vid, index)
+        if key not in self._lru:
             return None
-        self._lru.move_to_end(path)
+        self._lru.move_to_end(key)
+        path = self._path(vid, index)
 
         def read() -> bytes:
             with open(path, "rb") as f:
@@ -119,7 +125,7 @@ class BlockCache:
         try:
             return await trio.to_thread.run_sync(read)
         except FileNotFoundError:
-            self._forget(path)
+            self._forget(key)
             return None
 
     def worth_keeping(self, file_size: int) -> bool:
@@ -165,8 +171,8 @@ class BlockCache:
             return
         finally:
             del self._writing[(vid, index)]
-        self._forget(path)
-        self._lru[path] = footprint
+        self._forget((vid, index))
+        self._lru[(vid, index)] = footprint
         self._total += footprint
         await self._evict()
 
@@ -176,8 +182,8 @@ class BlockCache:
         while len(self._memory) > MEMORY_BLOCKS:
             self._memory.popitem(last=False)
 
-    def _forget(self, path: Path) -> None:
-        size = self._lru.pop(path, None)
+    def _forget(self, key: tuple[str, int]) -> None:
+        size = self._lru.pop(key, None)
         if size is not None:
             self._total -= size
 
@@ -191,10 +197,10 @@ class BlockCache:
         limit = self.max_bytes if keep is None else keep
         victims, freed = [], 0
         while self._total > limit and self._lru:
-            path, size = self._lru.popitem(last=False)
+            key, size = self._lru.popitem(last=False)
             self._total -= size
             freed += size
-            victims.append(path)
+            victims.append(self._path(*key))
         if victims:
 
             def unlink() -> None:
