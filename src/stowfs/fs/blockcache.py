@@ -139,7 +139,8 @@ class BlockCache:
         footprint = self._footprint(len(data))
         if footprint > self.max_bytes or (optional and len(self._writing) >= WRITE_BACKLOG):
             return
-        path = self._path(vid, index)
+        key = (vid, index)
+        path = self._path(*key)
 
         def write(room_made: bool) -> int:
             """Write the block if it fits above the reserve (or room was made for it);
@@ -157,7 +158,7 @@ class BlockCache:
             os.replace(tmp, path)
             return 0
 
-        self._writing[(vid, index)] = data
+        self._writing[key] = data
         try:
             async with self._writers:
                 short = await trio.to_thread.run_sync(write, False)  # one thread hop, usually
@@ -170,9 +171,9 @@ class BlockCache:
             log.log(level, "a block is not cached: %s", exc)
             return
         finally:
-            del self._writing[(vid, index)]
-        self._forget((vid, index))
-        self._lru[(vid, index)] = footprint
+            del self._writing[key]
+        self._forget(key)
+        self._lru[key] = footprint
         self._total += footprint
         await self._evict()
 
