@@ -142,9 +142,14 @@ async def test_tiny_blocks_count_for_the_disk_space_they_take(tmp_path: Path) ->
     assert (len(on_disk), cache.total) == (4, 4 * unit)
     assert all(cache.has(f"{index:02d}ff", 0) for index in range(6, 10))
     (tmp_path / "blocks" / "stray.blk").write_bytes(b"not ours")  # left alone, not counted
+    (tmp_path / "blocks" / "stray.tmp").write_bytes(b"not ours either")
+    cut_short = tmp_path / "blocks" / "09" / "09ff.1.tmp"  # a crash in the middle of a write
+    cut_short.write_bytes(b"ti")
     again = BlockCache(tmp_path / "blocks", max_bytes=2 * unit, block_size=unit)
     await again.open()  # a smaller cap at the next mount: the oldest go
     assert len(list((tmp_path / "blocks").rglob("*.blk"))) == 3
+    assert not cut_short.exists()
+    assert (tmp_path / "blocks" / "stray.tmp").exists()
     assert (again.total, again.has("09ff", 0), again.has("08ff", 0)) == (2 * unit, True, True)
 
 

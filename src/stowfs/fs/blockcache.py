@@ -61,18 +61,21 @@ class BlockCache:
         self._unit = 4096
 
     async def open(self) -> None:
-        """Index what a previous mount left, oldest first."""
+        """Index what a previous mount left, oldest first; remove its cut-short writes."""
 
         def scan() -> list[tuple[float, tuple[str, int], int]]:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._unit = os.statvfs(self.directory).f_frsize or self._unit
             found = []
-            for entry in self.directory.rglob("*.blk"):
-                vid, _, index = entry.name.removesuffix(".blk").partition(".")
+            for entry in self.directory.rglob("*.*"):
+                vid, _, index = entry.stem.partition(".")
                 if not index.isdigit():
                     continue  # not a block this cache wrote
-                st = entry.stat()
-                found.append((st.st_mtime, (vid, int(index)), self._footprint(st.st_size)))
+                if entry.suffix == ".tmp":
+                    entry.unlink(missing_ok=True)  # a write a crash cut short
+                elif entry.suffix == ".blk":
+                    st = entry.stat()
+                    found.append((st.st_mtime, (vid, int(index)), self._footprint(st.st_size)))
             return sorted(found)
 
         for _, key, size in await trio.to_thread.run_sync(scan):
