@@ -15,6 +15,7 @@ import trio
 
 from . import paths
 from .errors import StowfsError
+from .logfile import LOG_FORMAT
 from .sdnotify import notify
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,7 +49,7 @@ def _one_line(exc: Exception) -> str:
 def main(verbose: int) -> None:
     """Mount and sync the file storage of AI generation platforms."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
 
 
 def _parse_listen(value: str) -> tuple[str, int]:

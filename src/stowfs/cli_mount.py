@@ -29,6 +29,7 @@ from platformdirs import user_cache_path
 from . import config, paths
 from .cli import friendly
 from .errors import AuthFailed, ConfigError, Forbidden, StowfsError, Unavailable
+from .logfile import log_to
 
 log = logging.getLogger("stowfs.mount")
 
@@ -313,7 +314,7 @@ def run_background(argv: list[str], log_file: Path, timeout: float = 120.0) -> N
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as logf:
         proc = subprocess.Popen(
-            [*argv, "--ready-fd", str(write_fd)],
+            [*argv, "--ready-fd", str(write_fd), "--log-file", str(log_file)],
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,
@@ -375,6 +376,7 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
 )
 @click.option("-o", "mount_options", multiple=True, help="mount(8)-style options, a,b=c.")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
+@click.option("--log-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @friendly
 def mount(
     args: tuple[str, ...],
@@ -395,6 +397,7 @@ def mount(
     other_xattrs: str | None,
     mount_options: tuple[str, ...],
     ready_fd: int | None,
+    log_file: Path | None,
 ) -> None:
     """Mount [REMOTE:FOLDER] on MOUNTPOINT (the embedded local store by default).
 
@@ -432,6 +435,8 @@ def mount(
     )
 
     if foreground:
+        if log_file is not None:
+            log_to(log_file)
         report = os.fdopen(ready_fd, "w") if ready_fd is not None else None
         run_foreground(source, settings, mountpoint, extra, report)
         return
