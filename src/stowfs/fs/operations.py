@@ -466,11 +466,15 @@ class Operations(pyfuse3.Operations):
         if node.file is None:
             return b""
         assert self.reader is not None
+        file = node.file
         try:
-            return await self.reader.read(node.file, off, size, handle.seq)
-        except NotFound as exc:  # deleted elsewhere: the folder's next look shows it
-            parent = self.tree.nodes.get(node.parent)
-            if parent is not None:
+            return await self.reader.read(file, off, size, handle.seq)
+        except NotFound as exc:  # deleted or replaced elsewhere
+            if node.file is file and node.attached:
+                # The kernel would open this inode again by its cached entry, and read
+                # ESTALE again: the name is looked up anew, in a new listing.
+                parent = self.tree.nodes[node.parent]
+                self.tree.detach(node, notify=True)
                 self.tree.expire(parent)
             raise fuse_error(exc, opened=True) from exc
 
