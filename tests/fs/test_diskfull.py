@@ -15,8 +15,9 @@ import pytest
 import trio
 
 from stowfs.fs import blockcache
-from stowfs.fs.blockcache import BlockCache
+from stowfs.fs.blockcache import BlockCache, version_id
 from stowfs.fs.journal import Journal, JournalError
+from stowfs.remote.base import RemoteFile
 from tests.fs.harness import mounted_ops
 from tests.fs.memremote import MemRemote
 from tests.fs.mountfix import Mount, drop_page_cache, new_mount
@@ -151,6 +152,29 @@ async def test_tiny_blocks_count_for_the_disk_space_they_take(tmp_path: Path) ->
     assert not cut_short.exists()
     assert (tmp_path / "blocks" / "stray.tmp").exists()
     assert (again.total, again.has("09ff", 0), again.has("08ff", 0)) == (2 * unit, True, True)
+
+
+async def test_discarded_blocks_go_with_the_next_eviction(tmp_path: Path) -> None:
+    unit = os.statvfs(tmp_path).f_frsize
+    cache = BlockCache(tmp_path / "blocks", max_bytes=100 * unit, block_size=unit)
+    await cache.open()
+
+    def version(key: str, size: int) -> RemoteFile:
+        return RemoteFile(key, "", key, size, "application/octet-stream", "md5", 0.0, 0.0)
+
+    small, huge, other = version("s", 2 * unit), version("h", 10**15), version("o", unit)
+    for file, blocks in ((small, 2), (huge, 3), (other, 1)):
+        for index in range(blocks):
+            await cache.store(version_id(file), index, b"x" * unit)
+    cache.remember(version_id(small), 0, b"x" * unit)
+    cache.discard(small)
+    cache.discard(huge)  # far more blocks than cached: looked for among the cached ones
+    assert not cache.has(version_id(small), 0)
+    assert cache.total == unit
+    assert len(list(cache.directory.rglob("*.blk"))) == 6  # until the next eviction
+    await cache.store(version_id(other), 1, b"y" * unit)
+    assert len(list(cache.directory.rglob("*.blk"))) == 2
+    assert await cache.get(version_id(other), 0) == b"x" * unit
 
 
 @pytest.fixture

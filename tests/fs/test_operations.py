@@ -27,6 +27,7 @@ from stowfs.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from stowfs.fs.blockcache import version_id
 from stowfs.fs.journal import Journal
 from stowfs.fs.names import disambiguated
 from stowfs.fs.operations import MKNOD_GRACE, USAGE_TTL
@@ -115,6 +116,46 @@ async def test_a_version_found_gone_by_a_read_drops_the_kernels_entry_of_its_nam
     await fs.ops.release(fh)
     assert await fs.resolve("f") != inode
     assert await fs.read_file("f") == b"new"
+
+
+async def test_blocks_of_versions_no_longer_shown_leave_the_cache(
+    fs: FS, remote: MemRemote
+) -> None:
+    """Deleted, or replaced by an upload here: the old version's cached blocks go (with the
+    next eviction), not only when the LRU reaches them; a file removed while open keeps
+    its blocks readable until it is closed."""
+    bs = fs.ops.options.block_size
+    for name, size in (("gone", 2 * bs), ("edited", bs), ("open", bs), ("kept", 10)):
+        remote.put("", name, name[0].encode() * size)
+    cache = fs.ops.cache
+
+    async def cached(*names: str) -> None:
+        """Read the files; return once their blocks are on disk (written in the background)."""
+        for name in names:
+            await fs.read_file(name)
+        files = [fs.ops.tree.nodes[await fs.resolve(name)].file for name in names]
+        blocks = [(version_id(f), i) for f in files if f for i in range(-(-f.size // bs))]
+        with trio.fail_after(10):
+            while not all(block in cache._lru for block in blocks):
+                await trio.sleep(0.01)
+
+    def on_disk() -> int:
+        return len(list(cache.directory.rglob("*.blk")))
+
+    await cached("gone", "edited", "open")
+    assert on_disk() == 4
+    gone = await fs.resolve("gone")
+    await fs.unlink("gone")
+    await fs.ops.forget([(gone, fs.ops.tree.nodes[gone].lookups)])  # the kernel lets go
+    await fs.write_file("edited", b"new")  # uploaded: the old version is not shown
+    fh = await fs.open("open")
+    await fs.unlink("open")
+    await cached("kept")  # a store, and so an eviction
+    assert on_disk() == 2  # the open file's block and kept's
+    assert cache.total == cache._footprint(bs) + cache._footprint(10)
+    assert bytes(await fs.ops.read(fh, 0, bs)) == b"o" * bs  # from the cache: it is gone
+    await fs.ops.release(fh)
+    assert await fs.read_file("edited") == b"new"
 
 
 async def replace_elsewhere(fs: FS, remote: MemRemote, old: RemoteFile, data: bytes) -> None:

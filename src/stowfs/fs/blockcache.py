@@ -55,6 +55,7 @@ class BlockCache:
         self._total = 0
         self._memory: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._writing: dict[tuple[str, int], bytes] = {}  # on their way to disk
+        self._doomed: list[Path] = []  # blocks discarded, unlinked with the next eviction
         self._writers = trio.CapacityLimiter(2)  # more threads only fight over the disk
         # Blocks count for the disk space they take: a file of a few bytes takes a whole
         # allocation unit, and a cache of tiny objects must not outgrow its cap by 40x.
@@ -186,6 +187,20 @@ class BlockCache:
         while len(self._memory) > MEMORY_BLOCKS:
             self._memory.popitem(last=False)
 
+    def discard(self, file: RemoteFile) -> None:
+        """Forget the blocks of a version no longer shown; their files go with the next
+        eviction (no thread hop of its own)."""
+        vid = version_id(file)
+        for key in [k for k in self._memory if k[0] == vid]:
+            del self._memory[key]
+        count = max(1, -(-file.size // self.block_size))
+        # A huge file's blocks are looked for among those cached, not counted through.
+        keys = [(vid, i) for i in range(count)] if count <= len(self._lru) else list(self._lru)
+        for key in keys:
+            if key[0] == vid and key in self._lru:
+                self._forget(key)
+                self._doomed.append(self._path(*key))
+
     def _forget(self, key: tuple[str, int]) -> None:
         size = self._lru.pop(key, None)
         if size is not None:
@@ -199,7 +214,8 @@ class BlockCache:
     async def _evict(self, keep: int | None = None) -> int:
         """Evict down to `keep` bytes (the size limit by default); returns bytes freed."""
         limit = self.max_bytes if keep is None else keep
-        victims, freed = [], 0
+        victims, freed = self._doomed, 0
+        self._doomed = []
         while self._total > limit and self._lru:
             key, size = self._lru.popitem(last=False)
             self._total -= size

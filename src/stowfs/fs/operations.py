@@ -99,18 +99,19 @@ class Operations(pyfuse3.Operations):
         self.caps = remote.capabilities
         self.options = options
         self._other_xattrs = errno.ENOTSUP if options.other_xattrs == "enotsup" else pyfuse3.ENOATTR
+        self.cache = BlockCache(
+            options.cache_dir / "blocks", options.cache_max_size, options.block_size
+        )
         self.tree = Tree(
             remote,
             options.folder,
             options.dir_cache_time,
             invalidate or (lambda inode, name: None),
             time.time(),
+            self.cache.discard,
         )
         self.staging_dir = options.cache_dir / "staging"
         self.journal = Journal(options.cache_dir / "journal.db")
-        self.cache = BlockCache(
-            options.cache_dir / "blocks", options.cache_max_size, options.block_size
-        )
         self.uploader = Uploader(
             remote,
             self.tree,

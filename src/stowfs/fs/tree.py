@@ -90,6 +90,10 @@ class Node:
 
 Invalidate = Callable[[pyfuse3.InodeT, str | None], None]
 """(inode, None): drop the inode's cached data; (parent, name): drop a dentry."""
+Dropped = Callable[[RemoteFile], None]
+"""A version a node stopped showing (replaced, or the node gone): its cached blocks go.
+(The one object shown by a second node, a duplicate that took a `~` name, is fetched
+again.)"""
 
 
 class Tree:
@@ -100,11 +104,13 @@ class Tree:
         dir_cache_time: float,
         invalidate: Invalidate,
         now: float,
+        dropped: Dropped = lambda file: None,
     ) -> None:
         self.remote = remote
         self.root_folder = root_folder.strip("/")
         self.dir_cache_time = dir_cache_time
         self.invalidate = invalidate
+        self.dropped = dropped
         self.nodes: dict[pyfuse3.InodeT, Node] = {}
         self.started = now  # the time shown on folders (they have none of their own)
         self._next = ROOT + 1
@@ -143,9 +149,15 @@ class Tree:
         """This mount made `file` the node's object (an upload, a patch, a move)."""
         if node.file is not None and node.file.key != file.key:
             self.deleted(node.file.key)
-        node.file = file
+        self._show(node, file)
         node.owned_at = trio.current_time()
         self.edits += 1
+
+    def _show(self, node: Node, file: RemoteFile) -> None:
+        old = node.file
+        node.file = file
+        if old is not None and (old.key, old.checksum) != node.version:
+            self.dropped(old)
 
     def deleted(self, key: str) -> None:
         """This mount deleted (or replaced) the object `key`: a listing that still shows it
@@ -216,6 +228,8 @@ class Tree:
             return  # the uploader still needs it; it reaps it when done
         if node.staged is not None:
             node.staged.discard()
+        if node.file is not None:
+            self.dropped(node.file)
         self.nodes.pop(node.inode, None)
         self._locks.pop(node.inode, None)
 
@@ -406,7 +420,7 @@ class Tree:
                     self.detach(child, notify=True)
                     continue
                 shown_before = (child.version, child.size, child.mtime)
-                child.file = remote
+                self._show(child, remote)
                 if (child.version, child.size, child.mtime) != shown_before:
                     self.invalidate(child.inode, None)  # its pages and attributes
                 continue
