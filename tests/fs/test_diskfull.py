@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -129,6 +130,9 @@ async def test_the_block_cache_keeps_room_and_survives_write_errors(
     assert not cache.has("bb22", 0)
     await cache.store("aa11", 5, b"v" * unit)
     assert await cache.get("aa11", 5) == b"v" * unit
+    shutil.rmtree(tmp_path / "blocks")  # the user cleared the cache dir of a live mount
+    await cache.store("cc33", 0, b"u" * unit)
+    assert await cache.get("cc33", 0) == b"u" * unit
 
 
 async def test_tiny_blocks_count_for_the_disk_space_they_take(tmp_path: Path) -> None:

@@ -149,10 +149,10 @@ class BlockCache:
         def write(room_made: bool) -> int:
             """Write the block if it fits above the reserve (or room was made for it);
             else return the bytes missing."""
+            path.parent.mkdir(parents=True, exist_ok=True)  # (again, if the dir was removed)
             short = 0 if room_made else shortfall(self.directory, footprint)
             if short:
                 return short
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             try:
                 tmp.write_bytes(data)
