@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -153,19 +154,46 @@ def check_settings(settings: Settings) -> Settings:
 
 def check_mountpoint(mountpoint: Path) -> None:
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # asks the filesystem: a stat may answer from the kernel's cache
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            raise ConfigError(
-                f"mountpoint {mountpoint} is left over from a mount that died;"
-                f" run: fusermount3 -u {mountpoint}"
-            ) from None
+            _clear_dead_mount(mountpoint)
     if not mountpoint.exists():
         raise ConfigError(f"mountpoint {mountpoint} does not exist")
     if not mountpoint.is_dir():
         raise ConfigError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise ConfigError(f"mountpoint {mountpoint} is busy (already mounted)")
+
+
+def _clear_dead_mount(mountpoint: Path) -> None:
+    """A stowfs mount whose process died (kill -9, a crash) is unmounted, so the next mount
+    (a restart by systemd, say) takes its place and resumes its uploads; another
+    filesystem's is left to its owner."""
+    left = f"mountpoint {mountpoint} is left over from a mount that died"
+    if _fs_type(mountpoint) != "fuse.stowfs":
+        raise ConfigError(f"{left}; run: fusermount3 -u {mountpoint}")
+    done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if done.returncode != 0:
+        why = done.stderr.strip().removeprefix("fusermount3: ")
+        raise ConfigError(f"{left}, and could not be unmounted: {why}")
+    log.warning("%s: unmounted it", left)
+
+
+def _fs_type(mountpoint: Path) -> str | None:
+    """The filesystem type of the mount on `mountpoint` (the last one made there)."""
+    found = None
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            fields, _, rest = line.partition(b" - ")
+            # Spaces, tabs, newlines and backslashes in paths are written as octal escapes.
+            where = _OCTAL.sub(lambda m: bytes([int(m[1], 8)]), fields.split()[4])
+            if where == os.fsencode(mountpoint):
+                found = os.fsdecode(rest.split()[0])
+    return found
+
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
 
 
 def cache_dir_for(source: Source, settings: Settings) -> Path:
