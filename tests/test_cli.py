@@ -56,3 +56,18 @@ def test_bad_option_values(
     assert done.exit_code == 2
     assert message in done.output
     assert "Traceback" not in done.output
+
+
+def test_a_server_that_cannot_start_says_why_in_one_line(tmp_path: Path, taken_port: int) -> None:
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        (["--listen", f"127.0.0.1:{taken_port}"], f"cannot listen on 127.0.0.1:{taken_port}:"),
+        (["--data", str(tmp_path / "a-file" / "data")], "a-file/data: Not a directory"),
+    ]
+    for args, message in cases:
+        base = ["serve", "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0"]
+        done = CliRunner().invoke(main, [*base, *args])  # (the last of a flag given twice)
+        assert done.exit_code == 1
+        assert message in done.output
+        assert "Errno" not in done.output
+        assert len(done.output.strip().splitlines()) == 1

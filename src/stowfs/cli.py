@@ -14,9 +14,10 @@ import click
 import trio
 
 from . import paths
-from .errors import StowfsError
+from .errors import ConfigError, StowfsError
 from .logfile import LOG_FORMAT
 from .sdnotify import notify
+from .tasks import open_nursery
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,7 +30,7 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (StowfsError, OSError) as exc:
-            click.echo(f"stowfs: {_one_line(exc)}", err=True)
+            click.echo(f"stowfs: {one_line(exc)}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             sys.exit(130)
@@ -37,7 +38,7 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _one_line(exc: Exception) -> str:
+def one_line(exc: Exception) -> str:
     """`path: reason`, as Unix tools say it, for an OS error about a file."""
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror}"
@@ -122,10 +123,13 @@ def serve(
         rate_limit=_parse_rate(rate_limit),
         sweep_interval=sweep_interval,
     )
-    sock = bind(host, port)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:  # a failure to start reads as itself
             url = await nursery.start(run_server, config, sock)
             click.echo(url)
             sys.stdout.flush()

@@ -28,7 +28,7 @@ import trio
 from platformdirs import user_cache_path
 
 from . import config, paths
-from .cli import friendly
+from .cli import friendly, one_line
 from .errors import AuthFailed, ConfigError, Forbidden, StowfsError, Unavailable
 from .logfile import log_to
 
@@ -277,7 +277,7 @@ def run_foreground(
 
             trio.run(main)
     except (StowfsError, OSError) as exc:
-        say(f"stowfs: {exc}")
+        say(f"stowfs: {one_line(exc)}")
         raise
     except RuntimeError as exc:  # pyfuse3.init: the kernel refused the mount
         say(f"stowfs: cannot mount on {mountpoint}: {exc}")

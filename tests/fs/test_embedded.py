@@ -54,3 +54,18 @@ def test_mount_without_remote_uses_the_local_store(tmp_path: Path) -> None:
         wait_for(lambda: not serve_processes(str(tmp_path)), 20, "the server to end")
     key_file = tmp_path / "data/stowfs/local/local.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_a_local_store_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "a-file"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(stowfs_cmd("mount", str(mnt)), env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == f"stowfs: {tmp_path}/a-file/stowfs/local: Not a directory\n"
+    assert not os.path.ismount(mnt)
