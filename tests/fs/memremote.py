@@ -76,6 +76,7 @@ class MemRemote(Remote):
         self.down = False
         self.limit_bytes: int | None = 10 * 1024 * 1024 * 1024
         self.max_file_size: int | None = None
+        self.url_lifetime = 3600.0  # seconds the URL of an object stored from now on lasts
         self._last = 0.0
 
     # -- helpers -------------------------------------------------------------------
@@ -125,7 +126,7 @@ class MemRemote(Remote):
             updated_at=now,
             metadata=dict(metadata or {}),
             url=f"mem://{key}",
-            url_expires=now + 3600,
+            url_expires=now + self.url_lifetime,
         )
         self.files[key] = f
         self.blobs[key] = data

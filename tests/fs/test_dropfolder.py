@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pyfuse3
 import pytest
+import trio
 
-from tests.fs.harness import mounted_ops
+from stowfs.fs.operations import DROP_SWEEP
+from stowfs.fs.tree import ROOT
+from tests.fs.harness import FS, mounted_ops
 from tests.fs.memremote import CAPS, MemRemote
 
 WRITE_ONLY = dataclasses.replace(
@@ -50,3 +53,31 @@ async def test_drop_folder(tmp_path: Path) -> None:
     assert remote.calls["list_folder"] == remote.calls["list_folders"] == 0
     assert remote.calls["delete"] == 0
     assert len(remote.files) == 3
+
+
+@pytest.mark.parametrize("gone_with_url", [True, False])
+async def test_images_whose_url_expired_leave_the_drop_folder(
+    tmp_path: Path, autojump_clock: object, gone_with_url: bool
+) -> None:
+    """The images service serves a file only as long as its URL: the drop folder shows it
+    as long, and its record goes too. A service whose objects outlive their URL (presign)
+    keeps them listed."""
+    remote = MemRemote(dataclasses.replace(WRITE_ONLY, gone_with_url=gone_with_url))
+    async with mounted_ops(remote, tmp_path / "c") as fs:
+        await fs.write_file("kept.png", b"1")
+        remote.url_lifetime = -1.0  # the URLs of the next uploads have passed at once
+        await fs.write_file("old.png", b"2")
+        assert await fs.listdir() == ["kept.png", "old.png"]  # until the next look
+        await trio.sleep(DROP_SWEEP + 1)  # (a look due at the same moment might come after)
+        expected = ["kept.png"] if gone_with_url else ["kept.png", "old.png"]
+        assert await fs.listdir() == expected
+        assert ((ROOT, "old.png") in fs.invalidated) == gone_with_url
+        await fs.write_file("late.png", b"3")
+    async with mounted_ops(remote, tmp_path / "c") as fs:  # a record expired while unmounted
+        expected = ["kept.png"] if gone_with_url else ["kept.png", "late.png", "old.png"]
+        assert await fs.listdir() == expected
+        assert [f["name"] for f in await trio.to_thread.run_sync(_records, fs)] == expected
+
+
+def _records(fs: FS) -> list[dict[str, object]]:
+    return sorted(({"name": f.name} for f in fs.ops.journal.drops()), key=str)

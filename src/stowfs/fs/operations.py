@@ -44,6 +44,7 @@ USAGE_TTL = 5.0
 ROOM = 64 * 1024 * 1024  # cached blocks given up at once when staging fills the disk
 MKNOD_GRACE = 1.0  # seconds a file made by mknod waits for its bytes (see mknod)
 UNDO_TIME = 30.0  # seconds to put back a folder rename broken off halfway
+DROP_SWEEP = 60.0  # seconds between looks for drop folder entries whose URL expired
 
 
 @dataclass
@@ -142,9 +143,35 @@ class Operations(pyfuse3.Operations):
         if not self.caps.list:
             root = self.tree.nodes[ROOT]
             drops = await trio.to_thread.run_sync(self.journal.drops)
-            for name, file in visible_names(drops).items():
+            now = time.time()
+            for file in [f for f in drops if self._expired(f, now)]:
+                await self._forget_drop(file)
+            live = [f for f in drops if not self._expired(f, now)]
+            for name, file in visible_names(live).items():
                 self.tree.new(root, name, False, file=file)
             root.listed_at = float("inf")  # the mount's own record is the listing
+            if self.caps.gone_with_url:
+                nursery.start_soon(self._expire_drops)
+
+    def _expired(self, file: RemoteFile, now: float) -> bool:
+        return self.caps.gone_with_url and file.url_expires is not None and file.url_expires <= now
+
+    async def _forget_drop(self, file: RemoteFile) -> None:
+        log.info("%s: its URL expired, and the service with it: it leaves the folder", file.name)
+        await self.uploader.journaled(file.name, self.journal.remove_drop, file.key)
+
+    async def _expire_drops(self) -> None:
+        """A drop folder of a service that serves a file only as long as its URL (images,
+        72 hours) shows it as long: the entry and its record go, checked every minute."""
+        root = self.tree.nodes[ROOT]
+        while True:
+            await trio.sleep(DROP_SWEEP)
+            now = time.time()
+            for node in [self.tree.nodes[inode] for inode in root.children.values()]:
+                file = node.file
+                if node.attached and file and node.staged is None and self._expired(file, now):
+                    self.tree.detach(node, notify=True)
+                    await self._forget_drop(file)
 
     def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         assert self._nursery is not None

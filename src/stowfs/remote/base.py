@@ -42,6 +42,8 @@ class Capabilities:
     # folder names hold none; the reference server refuses them in filenames too).
     name_forbidden: str = "/"
     folder_path_max: int | None = None  # characters in a folder's whole path; None: unknown
+    # An object is reached only by the URL its upload gave, and lives no longer (images).
+    gone_with_url: bool = False
 
     def refuses_name(self, name: str) -> bool:
         return any(c in self.name_forbidden or ord(c) < 32 or ord(c) == 127 for c in name)

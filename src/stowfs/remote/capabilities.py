@@ -167,5 +167,6 @@ def capabilities(dialect: Dialect, info: ServerInfo) -> Capabilities:
         multipart=False,
         max_file_size=image_max,
         content_types=IMAGE_TYPES,
+        gone_with_url=True,
         **nothing,
     )
