@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -265,12 +265,14 @@ def run_foreground(
             umask=settings.umask,
             other_xattrs=settings.other_xattrs,
         )
-        with cache_lock(cache_dir, mountpoint), _remote_endpoint(source) as (url, key, dialect):
+        with cache_lock(cache_dir, mountpoint), _remote_endpoint(source) as endpoint:
+            url, key, dialect, keeper = endpoint
 
             async def main() -> None:
                 remote = await _connect(url, key, dialect, settings.retry_time)
                 try:
-                    await serve_mount(remote, options, mountpoint, extra, lambda: say(READY))
+                    also = [keeper] if keeper is not None else []
+                    await serve_mount(remote, options, mountpoint, extra, lambda: say(READY), also)
                 finally:
                     with trio.CancelScope(shield=True):
                         await remote.aclose()
@@ -284,15 +286,20 @@ def run_foreground(
         raise ConfigError(f"cannot mount on {mountpoint}: {exc}") from exc
 
 
+Endpoint = tuple[str, str, str, Callable[[], Awaitable[None]] | None]
+
+
 @contextlib.contextmanager
-def _remote_endpoint(source: Source) -> Iterator[tuple[str, str, str]]:
-    """(url, key, dialect): from the options, a named remote, or the embedded default."""
+def _remote_endpoint(source: Source) -> Iterator[Endpoint]:
+    """(url, key, dialect, keeper): from the options, a named remote, or the embedded
+    default, whose keeper (a task for the mount's nursery) starts its server again if it
+    exits."""
     if source.url is not None:
-        yield source.url, read_key(source), source.dialect
+        yield source.url, read_key(source), source.dialect, None
         return
     if not source.embedded:
         spec = config.get_remote(source.remote)
-        yield spec.url, spec.load_key(), spec.dialect
+        yield spec.url, spec.load_key(), spec.dialect, None
         return
     from .embedded import local_key, start_local_server
 
@@ -300,7 +307,7 @@ def _remote_endpoint(source: Source) -> Iterator[tuple[str, str, str]]:
     key = local_key(data_dir)
     server = start_local_server(data_dir)
     try:
-        yield server.url, key, "storage"
+        yield server.url, key, "storage", server.keep_up
     finally:
         server.stop()
 

@@ -7,20 +7,28 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import logging
 import os
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import trio
 
 from . import paths
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 KEY_FILE = "local.key"
 PLAN = "enterprise"
 TEAM = "local"
 PR_SET_PDEATHSIG = 1
+RESTART_DELAY = 1.0  # seconds before starting a server again that failed to start
+RESTART_DELAY_MAX = 60.0
 
 
 def _stowfs(*args: str) -> list[str]:
@@ -58,6 +66,7 @@ def local_key(data_dir: Path) -> str:
 
 @dataclass
 class LocalServer:
+    data_dir: Path
     proc: subprocess.Popen[str]
     url: str
 
@@ -70,22 +79,57 @@ class LocalServer:
                 self.proc.kill()
                 self.proc.wait()
 
+    async def keep_up(self) -> None:
+        """Start the server again whenever it exits (a crash, the OOM killer), on the same
+        port: the mount's URLs name it. Runs until cancelled."""
+        port = urlsplit(self.url).port
+        delay, up_since = RESTART_DELAY, trio.current_time()
+        while True:
+            with os.fdopen(os.pidfd_open(self.proc.pid), "rb", buffering=0) as pidfd:
+                await trio.lowlevel.wait_readable(pidfd)  # readable once the process ended
+            log.warning("the local store's server exited (%s): starting it again", self.proc.wait())
+            if trio.current_time() - up_since > RESTART_DELAY_MAX:
+                delay = RESTART_DELAY  # it had stayed up a while: at once
+            else:
+                await trio.sleep(delay)  # it keeps dying: not in a loop
+                delay = min(delay * 2, RESTART_DELAY_MAX)
+            while True:
+                # Started from this thread: the child's PDEATHSIG follows the thread that
+                # forked it, and a worker thread ends when idle.
+                self.proc = _launch(self.data_dir, port)
+                try:
+                    await trio.to_thread.run_sync(_ready, self.proc)
+                    break
+                except ConfigError as exc:
+                    log.warning("%s; trying again in %.0f s", exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, RESTART_DELAY_MAX)
+            up_since = trio.current_time()
 
-def start_local_server(data_dir: Path | None = None) -> LocalServer:
-    """Start the server; returns once it printed its base URL (it accepts connections)."""
-    data_dir = data_dir or paths.local_server_dir()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        _stowfs("serve", "--data", str(data_dir), "--listen", "127.0.0.1:0"),
+
+def _launch(data_dir: Path, port: int | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        _stowfs("serve", "--data", str(data_dir), "--listen", f"127.0.0.1:{port or 0}"),
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
         preexec_fn=_die_with_parent,  # only prctl: safe in the forked child
     )
+
+
+def _ready(proc: subprocess.Popen[str]) -> str:
+    """The server's base URL, once it printed it (it accepts connections then)."""
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()  # blocks until ready or the process exits
     if not line.startswith("http"):
         proc.kill()
         proc.wait()
         raise ConfigError(f"the local store's server did not start (exit {proc.returncode})")
-    return LocalServer(proc, line)
+    return line
+
+
+def start_local_server(data_dir: Path | None = None) -> LocalServer:
+    data_dir = data_dir or paths.local_server_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = _launch(data_dir)
+    return LocalServer(data_dir, proc, _ready(proc))

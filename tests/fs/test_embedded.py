@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -69,3 +70,31 @@ def test_a_local_store_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr == f"stowfs: {tmp_path}/a-file/stowfs/local: Not a directory\n"
     assert not os.path.ismount(mnt)
+
+
+def test_the_local_store_server_is_started_again_if_it_dies(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(stowfs_cmd("mount", str(mnt)), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    try:
+        (mnt / "before.txt").write_text("1")
+        [first] = serve_processes(str(tmp_path))
+        os.kill(first, signal.SIGKILL)  # as the OOM killer would
+        wait_for(lambda: serve_processes(str(tmp_path)) not in ([], [first]), 30, "a new server")
+        (mnt / "after.txt").write_text("2")  # the same port: the mount's URLs still work
+        assert sorted(os.listdir(mnt)) == ["after.txt", "before.txt"]
+        assert (mnt / "before.txt").read_text() == "1"
+    finally:
+        done = subprocess.run(
+            stowfs_cmd("unmount", str(mnt)), env=env, capture_output=True, text=True
+        )
+    assert done.returncode == 0
+    wait_for(lambda: not serve_processes(str(tmp_path)), 20, "the server to end")
+    log = next((tmp_path / "cache").rglob("mount.log")).read_text()
+    assert "the local store's server exited (-9): starting it again" in log

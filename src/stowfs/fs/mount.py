@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -94,8 +94,10 @@ async def serve_mount(
     mountpoint: Path,
     extra_fuse_options: set[str],
     ready: Callable[[], None],
+    also: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> int:
-    """Mount and serve until unmounted; returns how many uploads stay journaled."""
+    """Mount and serve until unmounted, running the tasks `also` beside (until the
+    unmount); returns how many uploads stay journaled."""
     notifier = Notifier()
     ops = Operations(remote, options, notifier)
     interval = max(0.5, min(options.dir_cache_time / 2, 5.0))
@@ -108,6 +110,8 @@ async def serve_mount(
             if remote.capabilities.changes and remote.capabilities.list:
                 nursery.start_soon(follow_changes, ops.tree, interval)
             nursery.start_soon(_announce, mountpoint, ready)
+            for task in also:
+                nursery.start_soon(task)
             await pyfuse3.main()
         finally:
             pyfuse3.close(unmount=True)
