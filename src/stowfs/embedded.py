@@ -114,6 +114,9 @@ def _launch(data_dir: Path, port: int | None = None) -> subprocess.Popen[str]:
         stdin=subprocess.DEVNULL,
         text=True,
         preexec_fn=_die_with_parent,  # only prctl: safe in the forked child
+        # Not in the terminal's process group: a Ctrl-C is the mount's to handle, and its
+        # pending uploads need the server.
+        start_new_session=True,
     )
 
 

@@ -98,3 +98,30 @@ def test_the_local_store_server_is_started_again_if_it_dies(tmp_path: Path) -> N
     wait_for(lambda: not serve_processes(str(tmp_path)), 20, "the server to end")
     log = next((tmp_path / "cache").rglob("mount.log")).read_text()
     assert "the local store's server exited (-9): starting it again" in log
+
+
+def test_ctrl_c_in_a_terminal_leaves_the_server_to_finish_the_uploads(tmp_path: Path) -> None:
+    """A Ctrl-C reaches the whole foreground process group: the mount unmounts, and its
+    pending uploads still have their server."""
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "mount.log"
+    with open(log, "wb") as out:
+        cmd = stowfs_cmd("mount", "-f", "--write-back", "600", str(mnt))
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
+    try:
+        wait_for(lambda: os.path.ismount(mnt), 30, "the mount")
+        (mnt / "pending.txt").write_text("written back")
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+    assert "all pending uploads finished" in log.read_text()
+    wait_for(lambda: not serve_processes(str(tmp_path)), 20, "the server to end")
