@@ -1,7 +1,9 @@
-"""API errors: every 4xx carries `{"error": {"code", "message", ...}}` (protocol.md 1)."""
+"""API errors: every 4xx (and 507) carries `{"error": {"code", "message", ...}}` (protocol.md 1)."""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,6 +45,14 @@ def forbidden(message: str, code: str = "FORBIDDEN") -> APIError:
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
+
+
+def _storage_full(exc: Exception) -> bool:
+    """The disk under the blobs or the database is full: the client's 507, as a full plan
+    (it keeps the bytes and tries again later), not a 500."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 _STATUS_CODES = {
@@ -98,7 +108,17 @@ def install_handlers(app: FastAPI) -> None:
             status_code=400,
         )
 
+    async def on_os_error(_: Request, exc: Exception) -> JSONResponse:
+        if not _storage_full(exc):
+            raise exc  # a 500, as any other failure
+        return JSONResponse(
+            error_body("STORAGE_FULL", "the server's storage is full; nothing was stored"),
+            status_code=507,
+        )
+
     app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(OSError, on_os_error)
+    app.add_exception_handler(sqlite3.OperationalError, on_os_error)
     app.add_exception_handler(UnicodeEncodeError, on_bad_text)
     app.add_exception_handler(OverflowError, on_bad_text)
     app.add_exception_handler(RequestValidationError, on_validation)
