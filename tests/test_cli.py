@@ -71,3 +71,19 @@ def test_a_server_that_cannot_start_says_why_in_one_line(tmp_path: Path, taken_p
         assert message in done.output
         assert "Errno" not in done.output
         assert len(done.output.strip().splitlines()) == 1
+
+
+def test_keys_revoke(tmp_path: Path) -> None:
+    data = ["--data", str(tmp_path / "srv")]
+    created = CliRunner().invoke(main, ["keys", "create", *data, "--team", "t"])
+    assert created.exit_code == 0
+    key_file = tmp_path / "key"
+    key_file.write_text(created.output)
+    revoke = ["keys", "revoke", *data, "--key-file", str(key_file)]
+    assert CliRunner().invoke(main, revoke).exit_code == 0
+    again = CliRunner().invoke(main, revoke)
+    assert again.exit_code == 1
+    assert f"the key in {key_file} is not a key of this server" in again.output
+    elsewhere = CliRunner().invoke(main, [*revoke[:2], "--data", str(tmp_path), *revoke[4:]])
+    assert elsewhere.exit_code == 1
+    assert f"no server data in {tmp_path}" in elsewhere.output

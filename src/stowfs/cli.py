@@ -170,6 +170,32 @@ def keys_create(data: Path | None, team: str, plan: str, user: str | None) -> No
     click.echo(key)
 
 
+@keys.command("revoke")
+@DATA_OPTION
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="File holding the key to revoke.",
+)
+@friendly
+def keys_revoke(data: Path | None, key_file: Path) -> None:
+    """Revoke a key: servers refuse it within seconds (they cache lookups briefly)."""
+    from .server.auth import revoke_key
+    from .server.db import connect, transaction
+
+    database = (data or paths.local_server_dir()).resolve() / "meta.db"
+    if not database.exists():
+        raise ConfigError(f"no server data in {database.parent}")
+    conn = connect(database)
+    try:
+        found = transaction(conn, lambda c: revoke_key(c, key_file.read_text().strip()))
+    finally:
+        conn.close()
+    if not found:
+        raise ConfigError(f"the key in {key_file} is not a key of this server")
+
+
 def _register() -> None:
     """Subcommand groups live in their own modules (cli_*.py)."""
     from .cli_mount import COMMANDS as mount_commands

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -266,12 +267,11 @@ def run_foreground(
             other_xattrs=settings.other_xattrs,
         )
         with cache_lock(cache_dir, mountpoint), _remote_endpoint(source) as endpoint:
-            url, key, dialect, keeper = endpoint
 
             async def main() -> None:
-                remote = await _connect(url, key, dialect, settings.retry_time)
+                remote = await _connect(endpoint, settings.retry_time)
                 try:
-                    also = [keeper] if keeper is not None else []
+                    also = [endpoint.keeper] if endpoint.keeper is not None else []
                     await serve_mount(remote, options, mountpoint, extra, lambda: say(READY), also)
                 finally:
                     with trio.CancelScope(shield=True):
@@ -286,20 +286,24 @@ def run_foreground(
         raise ConfigError(f"cannot mount on {mountpoint}: {exc}") from exc
 
 
-Endpoint = tuple[str, str, str, Callable[[], Awaitable[None]] | None]
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    dialect: str
+    read_key: Callable[[], str]  # read again when the server refuses the key (rotated)
+    keeper: Callable[[], Awaitable[None]] | None = None  # a task for the mount's nursery
 
 
 @contextlib.contextmanager
 def _remote_endpoint(source: Source) -> Iterator[Endpoint]:
-    """(url, key, dialect, keeper): from the options, a named remote, or the embedded
-    default, whose keeper (a task for the mount's nursery) starts its server again if it
-    exits."""
+    """From the options, a named remote, or the embedded default, whose keeper starts
+    its server again if it exits."""
     if source.url is not None:
-        yield source.url, read_key(source), source.dialect, None
+        yield Endpoint(source.url, source.dialect, partial(read_key, source))
         return
     if not source.embedded:
         spec = config.get_remote(source.remote)
-        yield spec.url, spec.load_key(), spec.dialect, None
+        yield Endpoint(spec.url, spec.dialect, spec.load_key)
         return
     from .embedded import local_key, start_local_server
 
@@ -307,7 +311,7 @@ def _remote_endpoint(source: Source) -> Iterator[Endpoint]:
     key = local_key(data_dir)
     server = start_local_server(data_dir)
     try:
-        yield server.url, key, "storage", server.keep_up
+        yield Endpoint(server.url, "storage", lambda: key, server.keep_up)
     finally:
         server.stop()
 
@@ -315,13 +319,21 @@ def _remote_endpoint(source: Source) -> Iterator[Endpoint]:
 CHECK_TIME = 5.0  # retry budget of the checks before mounting: fail fast, in one line
 
 
-async def _connect(url: str, key: str, dialect: str, retry_time: float) -> Any:
+async def _connect(endpoint: Endpoint, retry_time: float) -> Any:
     """A Remote for the mount, once a quick probe proved the server and the key."""
     from .remote import RetryPolicy, open_remote
 
+    url = endpoint.url
+
     async def open_checked(budget: float) -> Any:
         try:
-            remote = await open_remote(url, key, dialect, policy=RetryPolicy(max_elapsed=budget))
+            remote = await open_remote(
+                url,
+                endpoint.read_key(),
+                endpoint.dialect,
+                policy=RetryPolicy(max_elapsed=budget),
+                reload_key=endpoint.read_key,
+            )
         except Unavailable as exc:
             raise Unavailable(f"cannot reach {url}: {exc}") from exc
         try:

@@ -673,6 +673,36 @@ def test_mount_options(live_server: LiveServer, tmp_path: Path) -> None:
     assert "expected one of enodata, enotsup" in bad.stderr
 
 
+def test_a_key_rotated_in_its_file_is_taken_up_by_the_running_mount(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    team = f"rotating-{uuid.uuid4().hex[:8]}"
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key(team=team))
+    m.start()
+    try:
+        (m.path / "before.txt").write_text("old key")
+        old = tmp_path / "old.key"
+        old.write_text(m.key)
+        m.key = live_server.new_key(team=team)
+        m.key_file.write_text(m.key)  # the user rotates the key: a new one, the old revoked
+        revoke = stowfs_cmd("keys", "revoke", "--data", str(live_server.data_dir))
+        sh(*revoke, "--key-file", old)
+        written: list[str] = []
+
+        def refused_and_taken_up() -> bool:
+            name = f"after-{len(written)}.txt"
+            (m.path / name).write_text("new key")  # a close would fail with EACCES
+            written.append(name)
+            return "its source holds a new one" in m.log.read_text()
+
+        # Servers cache a key's lookup for a few seconds: write until the refusal came.
+        wait_for(refused_and_taken_up, 30, "the server to refuse the old key", max_pause=0.2)
+        names = {f["filename"] for f in m.remote_files()}
+        assert names == {"before.txt", *written}
+    finally:
+        m.unmount()
+
+
 def test_named_remote_and_folder(live_server: LiveServer, tmp_path: Path) -> None:
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
     m.key_file.chmod(0o600)

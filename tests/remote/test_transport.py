@@ -208,3 +208,39 @@ async def test_a_server_that_never_answers_holds_a_call_within_its_budget(
         await transport.request("POST", "x", json={}, slow=True)
     assert silent.read_timeouts == [transport.client.timeout.read]
     assert silent.read_timeouts[0] > 30.0  # two minutes, not the budget
+
+
+async def test_a_refused_key_is_read_again_from_its_source(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A key rotated in its file is taken up on the first 401; a source holding the same
+    key leaves the 401 as it is."""
+    source = {"key": "stk_old-key-0000000000"}
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-api-key"))
+        ok = request.headers.get("x-api-key") == "stk_new-key-0000000000"
+        return OK if ok or "://bucket" in str(request.url) else _error(401)
+
+    def reload() -> str:
+        return source["key"]
+
+    transport = Transport(
+        "http://svc.test/v1",
+        source["key"],
+        reload_key=reload,
+        http_transport=httpx.MockTransport(handler),
+    )
+    with pytest.raises(errors.AuthFailed):
+        await transport.request("GET", "files/storage")  # the source has nothing new
+    source["key"] = "stk_new-key-0000000000"
+    await transport.request("POST", "files/upload-url", json={})  # not idempotent: still fine
+    await transport.request("GET", "files/storage")
+    assert seen == [
+        "stk_old-key-0000000000",
+        "stk_old-key-0000000000",
+        "stk_new-key-0000000000",
+        "stk_new-key-0000000000",
+    ]
+    await transport.aclose()

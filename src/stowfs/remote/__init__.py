@@ -63,8 +63,10 @@ async def open_remote(
     timeout: httpx.Timeout | None = None,
     wall_clock: Callable[[], float] = time.time,
     http_transport: httpx.AsyncBaseTransport | None = None,
+    reload_key: Callable[[], str] | None = None,
 ) -> HttpRemote:
-    """`connect`, typed as the concrete class (for `verify` and the tests' knobs)."""
+    """`connect`, typed as the concrete class (for `verify` and the tests' knobs).
+    `reload_key` reads the key again from its source, when the server refuses it."""
     transport = Transport(
         url,
         key,
@@ -73,6 +75,7 @@ async def open_remote(
         timeout=timeout,
         wall_clock=wall_clock,
         http_transport=http_transport,
+        reload_key=reload_key,
     )
     try:
         info = await probe(transport)

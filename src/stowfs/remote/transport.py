@@ -116,15 +116,18 @@ class Transport:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        reload_key: Callable[[], str] | None = None,
     ) -> None:
         install_log_filter()
-        register_secret(key)
         self.base_url = base_url.rstrip("/")
         self.policy = policy or RetryPolicy()
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
-        # Seed 000 sends X-API-Key; seeds 001/002 (presign, images) a Bearer token.
-        self._auth = {"Authorization": f"Bearer {key}"} if bearer else {"X-API-Key": key}
+        self._bearer = bearer
+        self._use_key(key)
+        # Where the key came from, read again when the server refuses it: a key rotated in
+        # its file is taken up by a running mount.
+        self._reload_key = reload_key
         self.client = httpx.AsyncClient(
             timeout=timeout or httpx.Timeout(30.0, read=120.0),
             limits=httpx.Limits(
@@ -135,6 +138,27 @@ class Transport:
             follow_redirects=False,
             transport=http_transport,
         )
+
+    def _use_key(self, key: str) -> None:
+        register_secret(key)
+        self._key = key
+        # Seed 000 sends X-API-Key; seeds 001/002 (presign, images) a Bearer token.
+        self._auth = {"Authorization": f"Bearer {key}"} if self._bearer else {"X-API-Key": key}
+
+    async def _key_changed(self) -> bool:
+        """Whether the key's source now holds another key (then in use)."""
+        if self._reload_key is None:
+            return False
+        try:
+            key = await trio.to_thread.run_sync(self._reload_key)
+        except (errors.StowfsError, OSError) as exc:
+            log.info("the API key could not be read again: %s", exc)
+            return False
+        if key == self._key:
+            return False
+        self._use_key(key)
+        log.warning("the server refused the API key, and its source holds a new one: using it")
+        return True
 
     def url(self, path: str) -> str:
         return path if "://" in path else f"{self.base_url}/{path.lstrip('/')}"
@@ -201,13 +225,15 @@ class Transport:
         url = self.url(path)
         what = describe(method, url)
         safe = idempotent if idempotent is not None else method in ("GET", "HEAD", "PUT", "DELETE")
+        api = "://" not in path  # the key goes only to the API, never to a signed URL's host
         all_headers = dict(headers or {})
-        if "://" not in path:  # the key goes only to the API, never to a signed URL's host
-            all_headers.update(self._auth)
         start = trio.current_time()
         maybe_done = False  # an earlier attempt may have been processed
         attempt = 0
+        rekeyed = False
         while True:
+            if api:
+                all_headers.update(self._auth)
             request = self.client.build_request(
                 method,
                 url,
@@ -246,6 +272,9 @@ class Transport:
                 content = await _read_error(response)
                 hint = server_hint(response.headers, self.wall_clock())
                 failure = error_for(status, content, what, retry_after=hint)
+                if status == 401 and api and not rekeyed and await self._key_changed():
+                    rekeyed = True  # refused without being done: the same request again
+                    continue
                 if status != 429 and status < 500:
                     raise failure
                 if status not in _REFUSED:

@@ -51,6 +51,11 @@ def create_key(conn: sqlite3.Connection, team: str, plan: str, user: str | None 
     return key
 
 
+def revoke_key(conn: sqlite3.Connection, key: str) -> bool:
+    """Delete a key; whether it was one."""
+    return conn.execute("DELETE FROM api_keys WHERE key_hash = ?", (hash_key(key),)).rowcount > 0
+
+
 def extract_key(x_api_key: str | None, authorization: str | None) -> str | None:
     if x_api_key:
         return x_api_key.strip()
