@@ -861,6 +861,12 @@ async def test_statfs_follows_this_mounts_changes_at_once(
     assert remote.calls["usage"] == calls  # asked once per USAGE_TTL
     await fs.unlink("f")
     assert await used() == 4096
+    remote.down = True  # df while the server is down: the last figures...
+    await trio.sleep(USAGE_TTL)
+    assert await used() == 4096
+    calls = remote.calls["usage"]
+    assert await used() == 4096
+    assert remote.calls["usage"] == calls  # ...without waiting out the retries each time
 
 
 async def test_marks_of_deletes_do_not_pile_up_on_a_mount_that_never_lists(

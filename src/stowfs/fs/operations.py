@@ -778,9 +778,9 @@ class Operations(pyfuse3.Operations):
         try:
             usage = await self.remote.usage()
         except Unavailable:
-            if self._usage is None:
+            if cached is None:
                 raise
-            return self._usage[2]
+            usage = cached[2]  # offline: the last figures, and not asked for again at once
         self._usage = (now, edits, usage)
         return usage
 
