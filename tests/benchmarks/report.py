@@ -38,7 +38,7 @@ WHY: dict[str, str] = {
     " series (stowfs's client receiving, the null fs replying, the fastest round of each) come to"
     " {series}× curl's median. Round by round this run read {cold_rounds} MB/s. In every full"
     " run so far the mount's second round, which comes right after rclone's workloads, read 1.1"
-    " to 2.7 times (mostly over 2) as fast as its first and third, which come right after the"
+    " to 4.1 times (mostly over 2) as fast as its first and third, which come right after the"
     " round of limits; in a diagnostic run (2026-12-04) the mount then spent up to 5× the CPU"
     " time on the same read, with no steal time, reclaim or compaction reported: the host"
     " handing memory back shows as the guest's own CPU time. On top come the mount's own"
