@@ -81,7 +81,14 @@ class LocalServer:
 
     async def keep_up(self) -> None:
         """Start the server again whenever it exits (a crash, the OOM killer), on the same
-        port: the mount's URLs name it. Runs until cancelled."""
+        port: the mount's URLs name it. Runs until cancelled; a failure of its own ends
+        the keeping, not the mount."""
+        try:
+            await self._keep_up()
+        except Exception:
+            log.exception("the local store's server is no longer kept up")
+
+    async def _keep_up(self) -> None:
         port = urlsplit(self.url).port
         delay, up_since = RESTART_DELAY, trio.current_time()
         while True:

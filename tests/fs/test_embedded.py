@@ -128,3 +128,21 @@ def test_ctrl_c_in_a_terminal_leaves_the_server_to_finish_the_uploads(local: Loc
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
     assert "all pending uploads finished" in log.read_text()
     wait_for(lambda: not local.servers(), 20, "the server to end")
+
+
+def test_uploads_pending_at_unmount_wait_for_the_server_started_again(local: Local) -> None:
+    """The server dies just before an unmount with uploads pending: its keeper goes on
+    through the unmount's uploads, which land once it is back."""
+    mnt = local.mnt
+    done = local.stowfs("mount", "--write-back", "600", str(mnt))
+    assert done.returncode == 0, done.stderr
+    try:
+        (mnt / "pending.txt").write_text("written back")
+        [server] = local.servers()
+        os.kill(server, signal.SIGKILL)
+    finally:
+        done = local.stowfs("unmount", str(mnt))
+    assert done.returncode == 0, done.stderr
+    log = next((local.tmp / "cache").rglob("mount.log")).read_text()
+    assert "all pending uploads finished" in log
+    wait_for(lambda: not local.servers(), 20, "the server to end")

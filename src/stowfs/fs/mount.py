@@ -96,31 +96,34 @@ async def serve_mount(
     ready: Callable[[], None],
     also: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> int:
-    """Mount and serve until unmounted, running the tasks `also` beside (until the
-    unmount); returns how many uploads stay journaled."""
+    """Mount and serve until unmounted, running the tasks `also` beside until the uploads
+    pending at the unmount are done (the embedded server's keeper); returns how many
+    uploads stay journaled."""
     notifier = Notifier()
     ops = Operations(remote, options, notifier)
     interval = max(0.5, min(options.dir_cache_time / 2, 5.0))
-    async with trio.open_nursery() as nursery:
-        await ops.start(nursery)
-        pyfuse3.init(ops, str(mountpoint), fuse_options(options, extra_fuse_options))
-        try:
-            nursery.start_soon(notifier.run)
-            nursery.start_soon(_stop_on_signals)
-            if remote.capabilities.changes and remote.capabilities.list:
-                nursery.start_soon(follow_changes, ops.tree, interval)
-            nursery.start_soon(_announce, mountpoint, ready)
-            for task in also:
-                nursery.start_soon(task)
-            await pyfuse3.main()
-        finally:
-            pyfuse3.close(unmount=True)
-            nursery.cancel_scope.cancel()
-    pending = len(ops.uploader.pending_nodes())
-    if pending:
-        log.warning("unmounted with %d upload(s) pending: uploading them now", pending)
-    with trio.CancelScope(shield=True):
-        left = await ops.shutdown()
+    async with trio.open_nursery() as services:
+        for task in also:
+            services.start_soon(task)
+        async with trio.open_nursery() as nursery:
+            await ops.start(nursery)
+            pyfuse3.init(ops, str(mountpoint), fuse_options(options, extra_fuse_options))
+            try:
+                nursery.start_soon(notifier.run)
+                nursery.start_soon(_stop_on_signals)
+                if remote.capabilities.changes and remote.capabilities.list:
+                    nursery.start_soon(follow_changes, ops.tree, interval)
+                nursery.start_soon(_announce, mountpoint, ready)
+                await pyfuse3.main()
+            finally:
+                pyfuse3.close(unmount=True)
+                nursery.cancel_scope.cancel()
+        pending = len(ops.uploader.pending_nodes())
+        if pending:
+            log.warning("unmounted with %d upload(s) pending: uploading them now", pending)
+        with trio.CancelScope(shield=True):
+            left = await ops.shutdown()
+        services.cancel_scope.cancel()
     if left:
         log.warning("%d upload(s) left journaled; the next mount resumes them", left)
     elif pending:
