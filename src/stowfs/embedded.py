@@ -1,7 +1,8 @@
 """The embedded default: the reference server as a child process on loopback over the
 local data dir, with a generated key kept in a 0600 file there. Several mounts (and
 sync daemons) may share the data dir; each runs its own server process, which ends
-with its parent (PR_SET_PDEATHSIG, so even a kill -9 of the parent ends it)."""
+with its parent (PR_SET_PDEATHSIG, so even a kill -9 of the parent ends it) and which
+its parent starts again if it dies first (`LocalServer.keep_up`)."""
 
 from __future__ import annotations
 
