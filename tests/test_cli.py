@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from stowfs.cli import main
+from stowfs.cli_mount import Settings, apply_o
 
 REFUSED = [
     ("mount", "--umask 8", "not an octal umask: '8'"),
@@ -87,3 +90,12 @@ def test_keys_revoke(tmp_path: Path) -> None:
     elsewhere = CliRunner().invoke(main, [*revoke[:2], "--data", str(tmp_path), *revoke[4:]])
     assert elsewhere.exit_code == 1
     assert f"no server data in {tmp_path}" in elsewhere.output
+
+
+def test_fstab_options_for_mount_itself_are_accepted_and_left_alone() -> None:
+    line = "defaults,_netdev,nofail,noauto,user,x-systemd.automount,comment=stowfs,ro,noatime"
+    settings, extra = apply_o(Settings(), line)
+    assert settings == replace(Settings(), read_only=True)
+    assert extra == {"noatime"}
+    with pytest.raises(click.BadParameter, match="unknown mount option 'bogus'"):
+        apply_o(Settings(), "defaults,bogus")

@@ -38,6 +38,10 @@ log = logging.getLogger("stowfs.mount")
 SIZES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # mount(8)-style -o options passed through to the kernel as they are
 FUSE_PASSTHROUGH = {"noatime", "nodev", "nosuid", "noexec", "default_permissions"}
+# Options of mount(8) and fstab, not of the filesystem (and x-*): accepted and left
+# alone, as mount.fuse3 does, so an fstab line's options can be given as they are.
+MOUNT_ONLY = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group"}
+MOUNT_ONLY |= {"_netdev", "nofail", "comment"}
 OTHER_XATTRS = ("enodata", "enotsup")
 READY = "ready"
 
@@ -133,6 +137,8 @@ def apply_o(settings: Settings, text: str) -> tuple[Settings, set[str]]:
                 changes["other_xattrs"] = _choice(item, value, OTHER_XATTRS)
             elif name in FUSE_PASSTHROUGH:
                 extra.add(name)
+            elif name in MOUNT_ONLY or item.startswith("x-"):
+                continue
             else:
                 raise click.BadParameter(f"unknown mount option {item!r}")
         except ValueError:
