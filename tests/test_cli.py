@@ -99,3 +99,9 @@ def test_fstab_options_for_mount_itself_are_accepted_and_left_alone() -> None:
     assert extra == {"noatime"}
     with pytest.raises(click.BadParameter, match="unknown mount option 'bogus'"):
         apply_o(Settings(), "defaults,bogus")
+
+
+def test_version() -> None:
+    done = CliRunner().invoke(main, ["--version"])
+    assert done.exit_code == 0
+    assert done.output.startswith("stowfs, version ")

@@ -47,6 +47,7 @@ def one_line(exc: Exception) -> str:
 
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="stowfs", prog_name="stowfs")
 def main(verbose: int) -> None:
     """Mount and sync the file storage of AI generation platforms."""
     level = logging.WARNING - 10 * min(verbose, 2)
