@@ -115,9 +115,14 @@ class Mount:
         proc = self.proc
 
         def ready() -> bool:
+            """This process's mount answers: not a dead one left on the mountpoint, which
+            a stat can still find mounted (from the kernel's cache)."""
             if proc.poll() is not None:
                 raise AssertionError(f"mount exited {proc.returncode}: {self.log.read_text()}")
-            return os.path.ismount(self.path)
+            try:
+                return os.getxattr(self.path, "user.stowfs.pid") == str(proc.pid).encode()
+            except OSError:
+                return False
 
         wait_for(ready, START_TIMEOUT, "the mount")
 
