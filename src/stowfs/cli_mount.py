@@ -180,11 +180,15 @@ def _clear_dead_mount(mountpoint: Path) -> None:
     left = f"mountpoint {mountpoint} is left over from a mount that died"
     if _fs_type(mountpoint) != "fuse.stowfs":
         raise ConfigError(f"{left}; run: fusermount3 -u {mountpoint}")
-    done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
-    if done.returncode != 0:
-        why = done.stderr.strip().removeprefix("fusermount3: ")
-        raise ConfigError(f"{left}, and could not be unmounted: {why}")
-    log.warning("%s: unmounted it", left)
+    for lazy in ([], ["-z"]):  # -z: a program still in it (a shell's cwd) keeps it busy
+        done = subprocess.run(
+            ["fusermount3", "-u", *lazy, str(mountpoint)], capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            log.warning("%s: unmounted it", left)
+            return
+    why = done.stderr.strip().removeprefix("fusermount3: ")
+    raise ConfigError(f"{left}, and could not be unmounted: {why}")
 
 
 def _fs_type(mountpoint: Path) -> str | None:

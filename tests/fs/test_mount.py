@@ -553,9 +553,14 @@ def test_kill9_with_write_back_pending(
         for name, content in data.items():
             (m.path / name).write_bytes(content)
         assert m.remote_files() == []
-        m.kill9(clean_up=cleared_by == "user")
-        assert len(list((m.cache / "staging").iterdir())) == 5  # every byte on disk
-        m.start()
+        inside = subprocess.Popen(["sleep", "60"], cwd=m.path)  # keeps the dead mount busy
+        try:
+            m.kill9(clean_up=cleared_by == "user")
+            assert len(list((m.cache / "staging").iterdir())) == 5  # every byte on disk
+            m.start()
+        finally:
+            inside.kill()
+            inside.wait()
         wait_for(lambda: len(m.remote_files()) == 5, 20, "the resumed uploads")
         assert {f["filename"] for f in m.remote_files()} == set(data)
         for name, content in data.items():
