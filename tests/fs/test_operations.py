@@ -293,7 +293,7 @@ async def test_an_edit_refused_twice_keeps_its_last_bytes(
 
 
 async def test_an_upload_refused_in_the_background_is_dropped_not_retried(
-    remote: MemRemote, tmp_path: Path, patient_clock: object
+    remote: MemRemote, tmp_path: Path, patient_clock: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Write-back, or an earlier mount's journal: the remote refuses the bytes for good
     (a drop folder given a non-image, say): retrying every few minutes forever would
@@ -328,6 +328,10 @@ async def test_an_upload_refused_in_the_background_is_dropped_not_retried(
     assert remote.files == {}
     kept = sorted(p.name.rpartition("-")[2] for p in (cache / "refused").iterdir())
     assert kept == ["x.txt", "y.txt"]  # refused at once, and at the next mount
+    caplog.clear()
+    async with mounted_ops(remote, cache):
+        pass  # every mount says what is kept, until the user removes it
+    assert f"2 file(s) the service refused are kept in {cache / 'refused'}" in caplog.text
 
 
 @pytest.mark.parametrize(

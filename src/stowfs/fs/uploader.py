@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # The remote will never take these bytes as they are: keeping them helps no one.
 REFUSED = (TooLarge, UnsupportedMediaType, InvalidRequest)
 MAX_BACKOFF = 300.0
+# Folders of the cache dir holding bytes that will not go up, by why: never cleaned by the
+# mount (they are the user's), and named in the log at each mount start.
+KEPT = {"refused": "the service refused", "damaged": "a machine crash cut short"}
 PARALLEL = 8  # background uploads at a time
 # How far the service's clock may lag ours, for telling an upload that landed from an
 # older object of the same bytes.
@@ -431,6 +434,13 @@ class Uploader:
         stray = await trio.to_thread.run_sync(staging.sweep, self.staging_dir, keep)
         if stray:
             log.info("removed %d staging file(s) of writes never closed", stray)
+        for folder, why in KEPT.items():
+            where = self.staging_dir.parent / folder
+            count = await trio.to_thread.run_sync(_count_files, where)
+            if count:
+                log.warning(
+                    "%d file(s) %s are kept in %s: remove them when done", count, why, where
+                )
         task_status.started()
         orphans_due = 0.0
         orphan_delay = 0.0
@@ -626,6 +636,13 @@ class Uploader:
                 log.warning("upload of %s failed at unmount: %s", node.name, exc)
                 left += 1
         return left
+
+
+def _count_files(folder: Path) -> int:
+    try:
+        return sum(1 for _ in folder.iterdir())
+    except FileNotFoundError:
+        return 0
 
 
 def _move(source: Path, target: Path) -> None:
