@@ -1688,3 +1688,25 @@ async def test_news_of_a_rewrite_under_way_make_no_entry_for_the_old_bytes(
     assert await fs.listdir() == ["c"]
     assert await fs.read_file("c") == b"new"
     assert [remote.blobs[f.key] for f in remote.files.values()] == [b"new"]
+
+
+async def test_an_unmount_with_the_server_down_tries_one_upload_not_each(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """Each try waits out the retry budget: with many uploads pending, an unmount would
+    take that long for each. After the first finds the server down, the rest stay
+    journaled for the next mount."""
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache, write_back=600.0) as fs:
+        for name in ("a", "b", "c"):
+            await fs.write_file(name, name.encode())
+        remote.down = True
+        assert await fs.ops.uploader.drain() == 3
+        assert remote.calls["upload"] == 1
+    assert len(Journal(cache / "journal.db").pending()) == 3
+    async with mounted_ops(remote, cache) as fs:  # an earlier mount's rows, server down
+        assert await fs.ops.uploader.drain() == 3
+        assert remote.calls["upload"] <= 1 + 2  # one per pass (at start, at the drain)
+        remote.down = False
+        assert await fs.ops.uploader.drain() == 0
+    assert sorted(f.name for f in remote.files.values()) == ["a", "b", "c"]

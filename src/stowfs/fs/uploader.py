@@ -25,7 +25,14 @@ from typing import Any, TypeVar
 import trio
 
 from ..checksum import md5_file
-from ..errors import InvalidRequest, NotFound, StowfsError, TooLarge, UnsupportedMediaType
+from ..errors import (
+    InvalidRequest,
+    NotFound,
+    StowfsError,
+    TooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from ..remote.base import Remote, RemoteFile, UploadCheckpoint
 from . import staging
 from .journal import Entry, Journal, JournalError, Progress
@@ -497,7 +504,7 @@ class Uploader:
         """Upload rows left by an earlier mount; True when all went."""
         left = []
         listings: dict[str, list[RemoteFile]] = {}  # folder -> its files, once a pass
-        for entry in self._orphans:
+        for n, entry in enumerate(self._orphans):
             try:
                 await self._resume(entry, listings)
             except REFUSED as exc:
@@ -507,6 +514,9 @@ class Uploader:
             except (StowfsError, OSError) as exc:  # OSError: its staging file unreadable
                 log.warning("journaled upload of %s/%s failed: %s", entry.folder, entry.name, exc)
                 left.append(entry)
+                if isinstance(exc, Unavailable):  # the rest would each wait out the retries
+                    left.extend(self._orphans[n + 1 :])
+                    break
         self._orphans = left
         return not left
 
@@ -627,7 +637,8 @@ class Uploader:
             await self.record(node)
         await self._resume_orphans()
         left = len(self._orphans)
-        for node in self.pending_nodes():
+        pending = self.pending_nodes()
+        for n, node in enumerate(pending):
             try:
                 await self._attempt(node)
             except REFUSED:
@@ -635,6 +646,8 @@ class Uploader:
             except StowfsError as exc:
                 log.warning("upload of %s failed at unmount: %s", node.name, exc)
                 left += 1
+                if isinstance(exc, Unavailable):  # the rest stay journaled, not tried in vain
+                    return left + len(pending) - n - 1
         return left
 
 
