@@ -14,7 +14,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from . import config, paths
 from .cli import friendly, one_line
 from .errors import AuthFailed, ConfigError, Forbidden, StowfsError, Unavailable
 from .logfile import log_to
+from .mountinfo import mount_on
 
 log = logging.getLogger("stowfs.mount")
 
@@ -178,7 +178,8 @@ def _clear_dead_mount(mountpoint: Path) -> None:
     (a restart by systemd, say) takes its place and resumes its uploads; another
     filesystem's is left to its owner."""
     left = f"mountpoint {mountpoint} is left over from a mount that died"
-    if _fs_type(mountpoint) != "fuse.stowfs":
+    entry = mount_on(mountpoint)
+    if entry is None or entry.fs_type != "fuse.stowfs":
         raise ConfigError(f"{left}; run: fusermount3 -u {mountpoint}")
     for lazy in ([], ["-z"]):  # -z: a program still in it (a shell's cwd) keeps it busy
         done = subprocess.run(
@@ -189,22 +190,6 @@ def _clear_dead_mount(mountpoint: Path) -> None:
             return
     why = done.stderr.strip().removeprefix("fusermount3: ")
     raise ConfigError(f"{left}, and could not be unmounted: {why}")
-
-
-def _fs_type(mountpoint: Path) -> str | None:
-    """The filesystem type of the mount on `mountpoint` (the last one made there)."""
-    found = None
-    with open("/proc/self/mountinfo", "rb") as table:
-        for line in table:
-            fields, _, rest = line.partition(b" - ")
-            # Spaces, tabs, newlines and backslashes in paths are written as octal escapes.
-            where = _OCTAL.sub(lambda m: bytes([int(m[1], 8)]), fields.split()[4])
-            if where == os.fsencode(mountpoint):
-                found = os.fsdecode(rest.split()[0])
-    return found
-
-
-_OCTAL = re.compile(rb"\\([0-7]{3})")
 
 
 def cache_dir_for(source: Source, settings: Settings) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from ..mountinfo import mount_on
 from ..remote.base import Remote
 from .operations import Operations
 from .options import MountOptions
@@ -61,10 +62,9 @@ def raise_kernel_read_ahead(mountpoint: Path) -> None:
     reads about double). Needs root; best effort. The device number comes from
     mountinfo: a stat of the mountpoint would be a request to ourselves."""
     try:
-        with open("/proc/self/mountinfo") as f:
-            devices = [line.split()[2] for line in f if line.split()[4] == str(mountpoint)]
-        if devices:
-            with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w") as f:
+        entry = mount_on(mountpoint)
+        if entry is not None:
+            with open(f"/sys/class/bdi/{entry.device}/read_ahead_kb", "w") as f:
                 f.write(str(KERNEL_READ_AHEAD_KB))
     except OSError as exc:
         log.debug("kernel read-ahead left as is: %s", exc)
