@@ -143,10 +143,12 @@ class Operations(pyfuse3.Operations):
         if not self.caps.list:
             root = self.tree.nodes[ROOT]
             drops = await trio.to_thread.run_sync(self.journal.drops)
-            now = time.time()
-            for file in [f for f in drops if self._expired(f, now)]:
-                await self._forget_drop(file)
-            live = [f for f in drops if not self._expired(f, now)]
+            now, live = time.time(), []
+            for file in drops:
+                if self._expired(file, now):
+                    await self._forget_drop(file)
+                else:
+                    live.append(file)
             for name, file in visible_names(live).items():
                 self.tree.new(root, name, False, file=file)
             root.listed_at = float("inf")  # the mount's own record is the listing
