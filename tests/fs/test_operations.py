@@ -1690,6 +1690,35 @@ async def test_news_of_a_rewrite_under_way_make_no_entry_for_the_old_bytes(
     assert [remote.blobs[f.key] for f in remote.files.values()] == [b"new"]
 
 
+async def test_an_unmount_during_the_resume_of_a_journal_sends_each_file_once(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """The drain at unmount and the background pass over an earlier mount's journal take
+    turns: two passes at once sent a file twice, and the second found its staging file
+    gone and kept it journaled (a flaky CI failure)."""
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache, write_back=600.0) as fs:
+        for name in ("a", "b", "c"):
+            await fs.write_file(name, name.encode())
+        remote.down = True
+        assert await fs.ops.uploader.drain() == 3
+    remote.down = False
+    calls = remote.calls["upload"]
+    entered, gate = gated(remote, "upload")
+    async with mounted_ops(remote, cache) as fs:
+        await entered.wait()  # the background pass is sending the first
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.ops.uploader.drain)
+            with trio.move_on_after(1.0):  # the bug's second send, or the drain's wait
+                while not fs.ops.uploader.resuming.statistics().tasks_waiting:
+                    await trio.sleep(0.01)
+            gate.set()
+        assert await fs.ops.uploader.drain() == 0
+    assert remote.calls["upload"] == calls + 3
+    assert sorted(f.name for f in remote.files.values()) == ["a", "b", "c"]
+    assert Journal(cache / "journal.db").pending() == []
+
+
 async def test_an_unmount_with_the_server_down_tries_one_upload_not_each(
     remote: MemRemote, tmp_path: Path
 ) -> None:

@@ -82,6 +82,7 @@ class Uploader:
         self._backoff: dict[Node, float] = {}
         self._waiting: set[Node] = set()  # came due while open for writing
         self._orphans: list[Entry] = []  # journal rows of an earlier mount
+        self.resuming = trio.Lock()  # one pass over them at a time: each would send them
         self._active: set[Node] = set()  # uploading in the background now
         self._quiet = trio.Event()  # set while nothing uploads in the background
         self._quiet.set()
@@ -502,23 +503,28 @@ class Uploader:
 
     async def _resume_orphans(self) -> bool:
         """Upload rows left by an earlier mount; True when all went."""
-        left = []
-        listings: dict[str, list[RemoteFile]] = {}  # folder -> its files, once a pass
-        for n, entry in enumerate(self._orphans):
-            try:
-                await self._resume(entry, listings)
-            except REFUSED as exc:
-                kept = self._kept_path("refused", entry.staging, entry.name)
-                why = f"refused by the remote ({exc}); the change was not kept, its bytes are in"
-                await self._forget(entry, f"{why} {kept}", kept)
-            except (StowfsError, OSError) as exc:  # OSError: its staging file unreadable
-                log.warning("journaled upload of %s/%s failed: %s", entry.folder, entry.name, exc)
-                left.append(entry)
-                if isinstance(exc, Unavailable):  # the rest would each wait out the retries
-                    left.extend(self._orphans[n + 1 :])
-                    break
-        self._orphans = left
-        return not left
+        async with self.resuming:
+            left = []
+            listings: dict[str, list[RemoteFile]] = {}  # folder -> its files, once a pass
+            for n, entry in enumerate(self._orphans):
+                try:
+                    await self._resume(entry, listings)
+                except REFUSED as exc:
+                    kept = self._kept_path("refused", entry.staging, entry.name)
+                    why = (
+                        f"refused by the remote ({exc}); the change was not kept, its bytes are in"
+                    )
+                    await self._forget(entry, f"{why} {kept}", kept)
+                except (StowfsError, OSError) as exc:  # OSError: its staging file unreadable
+                    log.warning(
+                        "journaled upload of %s/%s failed: %s", entry.folder, entry.name, exc
+                    )
+                    left.append(entry)
+                    if isinstance(exc, Unavailable):  # the rest would each wait out the retries
+                        left.extend(self._orphans[n + 1 :])
+                        break
+            self._orphans = left
+            return not left
 
     async def _forget(self, entry: Entry, why: str, keep: Path | None = None) -> None:
         """An earlier mount's upload that will never be: its parts and row go, its bytes
