@@ -177,3 +177,19 @@ async def mounted_ops(remote: MemRemote, cache_dir: Path, **options: Any) -> Asy
             nursery.cancel_scope.cancel()
     with trio.CancelScope(shield=True):
         await ops.shutdown()
+
+
+def gated(remote: MemRemote, method: str, *, done: bool = False) -> tuple[trio.Event, trio.Event]:
+    """From now on a call of `method` sets `entered`, then waits for `gate` to be set;
+    `done`: the call is made first (its answer waits)."""
+    entered, gate = trio.Event(), trio.Event()
+    call = getattr(remote, method)
+
+    async def waiting(*args: object, **kw: object) -> object:
+        result = await call(*args, **kw) if done else None
+        entered.set()
+        await gate.wait()
+        return result if done else await call(*args, **kw)
+
+    setattr(remote, method, waiting)
+    return entered, gate

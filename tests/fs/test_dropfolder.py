@@ -12,7 +12,7 @@ import trio
 
 from stowfs.fs.operations import DROP_SWEEP
 from stowfs.fs.tree import ROOT
-from tests.fs.harness import FS, mounted_ops
+from tests.fs.harness import FS, gated, mounted_ops
 from tests.fs.memremote import CAPS, MemRemote
 
 WRITE_ONLY = dataclasses.replace(
@@ -53,6 +53,32 @@ async def test_drop_folder(tmp_path: Path) -> None:
     assert remote.calls["list_folder"] == remote.calls["list_folders"] == 0
     assert remote.calls["delete"] == 0
     assert len(remote.files) == 3
+
+
+async def test_a_drop_folder_shows_an_earlier_mount_s_uploads_while_they_resume(
+    tmp_path: Path,
+) -> None:
+    remote = MemRemote(WRITE_ONLY)
+    cache = tmp_path / "c"
+    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
+        await fs.write_file("one.png", b"1")
+        assert await fs.ops.uploader.drain() == 0
+        await fs.write_file("one.png", b"one again")
+        await fs.write_file("two.png", b"2")
+        remote.down = True  # no upload, no clean unmount: as after a kill -9
+    remote.down = False
+    tries = remote.calls["upload"]
+    entered, gate = gated(remote, "upload")
+    async with mounted_ops(remote, cache) as fs:
+        await entered.wait()
+        assert await fs.listdir() == ["one.png", "two.png"]
+        assert await fs.read_file("one.png") == b"one again"
+        gate.set()
+        assert await fs.ops.uploader.drain() == 0
+    async with mounted_ops(remote, cache) as fs:  # in the record now
+        assert await fs.listdir() == ["one.png", "two.png"]
+        assert await fs.read_file("one.png") == b"one again"
+    assert remote.calls["upload"] == tries + 2
 
 
 @pytest.mark.parametrize("gone_with_url", [True, False])

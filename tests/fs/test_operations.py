@@ -33,7 +33,7 @@ from stowfs.fs.names import disambiguated
 from stowfs.fs.operations import MKNOD_GRACE, USAGE_TTL
 from stowfs.fs.tree import GONE_KEPT, ROOT
 from stowfs.remote.base import Change, RemoteFile, UploadCheckpoint
-from tests.fs.harness import CTX, FS, mounted_ops, read_entries, setattr_
+from tests.fs.harness import CTX, FS, gated, mounted_ops, read_entries, setattr_
 from tests.fs.memremote import CAPS, MemRemote
 
 RENAME_WHITEOUT = 4  # linux/fs.h; pyfuse3 names only the other two flags
@@ -1151,22 +1151,6 @@ async def test_write_back_uploads_in_background(
         assert remote.calls["upload"] == 0
         await trio.sleep(6)
         assert [f.name for f in remote.files.values()] == ["a"]
-
-
-def gated(remote: MemRemote, method: str, *, done: bool = False) -> tuple[trio.Event, trio.Event]:
-    """From now on a call of `method` sets `entered`, then waits for `gate` to be set;
-    `done`: the call is made first (its answer waits)."""
-    entered, gate = trio.Event(), trio.Event()
-    call = getattr(remote, method)
-
-    async def waiting(*args: object, **kw: object) -> object:
-        result = await call(*args, **kw) if done else None
-        entered.set()
-        await gate.wait()
-        return result if done else await call(*args, **kw)
-
-    setattr(remote, method, waiting)
-    return entered, gate
 
 
 async def test_write_back_uploads_each_file_when_due(

@@ -15,11 +15,12 @@ from typing import Any
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from stowfs.errors import Unavailable
 from stowfs.fs.journal import Journal, Progress
 from stowfs.remote.base import CheckpointHook, ProgressHook, RemoteFile, UploadCheckpoint
-from tests.fs.harness import FS, mounted_ops
+from tests.fs.harness import FS, gated, mounted_ops
 from tests.fs.memremote import CAPS, MemRemote
 
 PART = 16 * 1024
@@ -345,6 +346,78 @@ async def test_a_read_only_mount_keeps_journaled_uploads_for_a_writable_one(
         with trio.fail_after(5):
             while not remote.by_path("f"):
                 await trio.sleep(0.01)
+    assert remote.blobs[stored(remote, "f").key] == b"pending"
+
+
+async def left_pending(remote: MemRemote, cache: Path, files: Mapping[str, bytes]) -> None:
+    """Write `files` (write-back) in a mount that ends with the service down, as after
+    a kill -9: their rows stay for the next mount."""
+    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
+        for path, data in files.items():
+            await fs.write_file(path, data)
+        remote.down = True
+    remote.down = False
+
+
+async def test_an_earlier_mount_s_upload_shows_while_it_resumes_and_a_write_edits_it(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """Until it lands, the file shows the bytes journaled (not the remote's older ones),
+    and a write to it meanwhile edits them: sent on its own, the resumed upload landed
+    beside the newer one as a duplicate."""
+    remote.put("", "f", b"old")
+    cache = tmp_path / "cache"
+    await left_pending(remote, cache, {"f": b"journaled", "new": b"made"})
+    entered, gate = gated(remote, "upload")
+    async with mounted_ops(remote, cache) as fs:
+        await entered.wait()  # the first resumed upload is under way
+        assert sorted(await fs.listdir()) == ["f", "new"]
+        assert await fs.read_file("f") == b"journaled"
+        assert await fs.read_file("new") == b"made"
+        assert (await fs.stat("f")).st_size == len(b"journaled")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.write_file, "f", b"newest")
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+        assert await fs.ops.uploader.drain() == 0
+        assert await fs.read_file("f") == b"newest"
+    assert sorted((f.name, remote.blobs[f.key]) for f in remote.files.values()) == [
+        ("f", b"newest"),
+        ("new", b"made"),
+    ]
+    journal = Journal(cache / "journal.db")
+    assert journal.pending() == []
+    journal.close()
+
+
+async def test_a_file_changed_elsewhere_since_keeps_both_versions(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """The journaled bytes replaced a version another client has replaced meanwhile:
+    neither change is lost, they show as two files of that name."""
+    old = remote.put("", "f", b"old")
+    cache = tmp_path / "cache"
+    await left_pending(remote, cache, {"f": b"ours"})
+    await remote.delete(old.key)
+    remote.put("", "f", b"theirs")
+    async with mounted_ops(remote, cache) as fs:
+        assert await fs.ops.uploader.drain() == 0
+        names = sorted(await fs.listdir())
+        assert len(names) == 2
+        assert sorted([await fs.read_file(n) for n in names]) == [b"ours", b"theirs"]
+
+
+async def test_an_upload_of_a_folder_another_mount_shows_is_sent_as_before(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """A mount of another storage folder has no file to show the upload as: it sends
+    it all the same."""
+    remote.folders.add("sub")
+    cache = tmp_path / "cache"
+    await left_pending(remote, cache, {"f": b"pending"})
+    async with mounted_ops(remote, cache, folder="sub") as fs:
+        assert await fs.ops.uploader.drain() == 0
+        assert await fs.listdir() == []
     assert remote.blobs[stored(remote, "f").key] == b"pending"
 
 

@@ -139,7 +139,6 @@ class Operations(pyfuse3.Operations):
             self.remote, self.cache, self._spawn, max_window=self.options.read_ahead
         )
         self.prefetch = Prefetcher(self.tree, self.reader, self._spawn)
-        await nursery.start(self.uploader.run)
         if not self.caps.list:
             root = self.tree.nodes[ROOT]
             drops = await trio.to_thread.run_sync(self.journal.drops)
@@ -154,6 +153,7 @@ class Operations(pyfuse3.Operations):
             root.listed_at = float("inf")  # the mount's own record is the listing
             if self.caps.gone_with_url:
                 nursery.start_soon(self._expire_drops)
+        await nursery.start(self.uploader.run)  # after the record: it resumes into it
 
     def _expired(self, file: RemoteFile, now: float) -> bool:
         return self.caps.gone_with_url and file.url_expires is not None and file.url_expires <= now

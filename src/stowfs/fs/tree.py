@@ -248,19 +248,46 @@ class Tree:
         """(folder, name) of a file node."""
         return self.folder_of(self.nodes[node.parent]), node.name
 
-    def find_dir(self, folder: str) -> Node | None:
-        """The loaded directory node of a remote folder, if any."""
+    def _parts(self, folder: str) -> list[str] | None:
+        """The names from the mount's root down to a remote folder; None: not below it."""
         if self.root_folder:
             if folder != self.root_folder and not folder.startswith(self.root_folder + "/"):
                 return None
             folder = folder[len(self.root_folder) + 1 :]
+        return folder.split("/") if folder else []
+
+    def find_dir(self, folder: str) -> Node | None:
+        """The loaded directory node of a remote folder, if any."""
+        parts = self._parts(folder)
+        if parts is None:
+            return None
         node = self.nodes[ROOT]
-        for part in folder.split("/") if folder else []:
-            child = self.child(node, part)
-            if child is None or not child.is_dir:
+        for part in parts:
+            child = self._subdir(node, part)
+            if child is None:
                 return None
             node = child
         return node
+
+    async def load_dir(self, folder: str) -> Node | None:
+        """The directory node of a remote folder, listed, as a lookup of its path would
+        leave it; None: not below the mount's root, or not there."""
+        parts = self._parts(folder)
+        if parts is None:
+            return None
+        node = self.nodes[ROOT]
+        await self.refresh(node)
+        for part in parts:
+            child = self._subdir(node, part)
+            if child is None:
+                return None
+            node = child
+            await self.refresh(node)
+        return node
+
+    def _subdir(self, node: Node, name: str) -> Node | None:
+        child = self.child(node, name)
+        return child if child is not None and child.is_dir else None
 
     @staticmethod
     def _ours(node: Node) -> bool:
@@ -272,7 +299,7 @@ class Tree:
             n for n in self.nodes.values() if n.is_dir and n.attached and n.listed_at is not None
         ]
 
-    def _children(self, node: Node) -> list[Node]:
+    def children(self, node: Node) -> list[Node]:
         return [self.nodes[i] for i in node.children.values()]
 
     def walk(self, node: Node) -> Iterator[Node]:
@@ -359,7 +386,7 @@ class Tree:
             node = self.find_dir(folder)
             if node is None or node.listed_at is None:
                 continue  # never listed: its first listing will show all
-            children = self._children(node)
+            children = self.children(node)
             files = {c.file.key: c.file for c in children if c.file is not None}
             folders = {c.name for c in children if c.is_dir}
             new = False
@@ -404,7 +431,7 @@ class Tree:
         base = self.folder_of(node)
         folders = {name for name in folders if self._left.get(join(base, name), -math.inf) < asked}
         shown = visible_names([f for f in files if f.key not in self._gone], folders)
-        ours = {c.file.key for c in self._children(node) if self._ours(c) and c.file is not None}
+        ours = {c.file.key for c in self.children(node) if self._ours(c) and c.file is not None}
         for name, inode in list(node.children.items()):
             child = self.nodes[inode]
             if self._ours(child) or child.owned_at >= asked:

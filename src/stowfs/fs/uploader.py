@@ -577,10 +577,14 @@ class Uploader:
                 kept,
             )
             return
-        new = await self._landed(entry, stat, listings)
+        folder = await self.tree.load_dir(entry.folder)
+        new = await self._landed(entry, stat, await self._files_in(entry.folder, folder, listings))
         if new is not None:
             log.info("upload of %s/%s had landed before the mount ended", entry.folder, entry.name)
             new = await self._bring_to(new, {}, lambda: entry.metadata, lambda: entry.public)
+        elif folder is not None and await self._adopt(entry, folder, stat):
+            log.info("upload of %s/%s resumes: shown as pending", entry.folder, entry.name)
+            return
         else:
             # Parts land in entry.progress's checkpoint itself: a second try resumes too.
             new = await self._upload(
@@ -605,19 +609,58 @@ class Uploader:
         if parent is not None:
             self.tree.expire(parent)  # show the resumed file
 
+    async def _files_in(
+        self, folder: str, shown: Node | None, listings: dict[str, list[RemoteFile]]
+    ) -> list[RemoteFile]:
+        """The files of a remote folder: those its directory shows (`shown`), else those
+        of a listing (the folder is not below the mount's root)."""
+        if not self.remote.capabilities.list:
+            return []  # a drop folder cannot look: its record has what landed
+        if shown is not None:
+            return [c.file for c in self.tree.children(shown) if c.file is not None]
+        if folder not in listings:
+            listings[folder] = await self.remote.list_folder(folder)
+        return listings[folder]
+
+    async def _adopt(self, entry: Entry, folder: Node, stat: os.stat_result) -> bool:
+        """Make an earlier mount's upload this one's: the file shows its bytes, pending,
+        and a write to it edits them (sent on its own, it would land beside the newer
+        write as a duplicate). False: its name holds another file by now."""
+        metadata = dict(entry.metadata)
+        mtime = float(metadata.pop("mtime", stat.st_mtime))
+        staged = await trio.to_thread.run_sync(Staged, entry.staging, metadata, mtime)
+        node = self.tree.child(folder, entry.name)
+        if node is None:
+            node = self.tree.new(folder, entry.name, False)
+            self.tree.invalidate(folder.inode, entry.name)
+        elif (
+            node.is_dir
+            or node.staged is not None
+            or node.version is None
+            or (node.version[0] != entry.replaces)
+        ):
+            await trio.to_thread.run_sync(os.close, staged.fd)
+            return False
+        else:
+            self.tree.invalidate(node.inode, None)  # its size and bytes are these now
+        staged.size = stat.st_size
+        staged.digest = None  # not hashed as written: it uploads without a stream
+        staged.journal_id = entry.id
+        staged.progress = entry.progress
+        staged.public = entry.public
+        node.staged = staged
+        self.schedule(node, 0)
+        return True
+
     async def _landed(
-        self, entry: Entry, stat: os.stat_result, listings: dict[str, list[RemoteFile]]
+        self, entry: Entry, stat: os.stat_result, files: list[RemoteFile]
     ) -> RemoteFile | None:
         """The object an earlier mount's upload made, if it landed and that mount ended
         before its row went (a crash, a kill -9): uploading it again would show the file
         twice. Known by name, size and MD5, and made after its bytes were written."""
-        if not self.remote.capabilities.list:
-            return None  # a drop folder cannot look: its record has what landed
-        if entry.folder not in listings:
-            listings[entry.folder] = await self.remote.list_folder(entry.folder)
         alike = [
             f
-            for f in listings[entry.folder]
+            for f in files
             if f.name == entry.name
             and f.key != entry.replaces
             and f.size == stat.st_size
