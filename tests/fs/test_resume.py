@@ -390,6 +390,31 @@ async def test_an_earlier_mount_s_upload_shows_while_it_resumes_and_a_write_edit
     journal.close()
 
 
+async def test_a_mount_is_ready_once_an_earlier_mount_s_uploads_show(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """The first `ls` after a remount shows them: they were placed in the background
+    after the mount was ready, so a look at once missed a new file and read a replaced
+    one's older bytes (and a write then landed beside them as a duplicate)."""
+    remote.put("", "f", b"old")
+    cache = tmp_path / "cache"
+    await left_pending(remote, cache, {"f": b"journaled", "new": b"made"})
+    entered, gate = gated(remote, "upload")
+    async with mounted_ops(remote, cache) as fs:
+        root = fs.ops.tree.nodes[pyfuse3.ROOT_INODE]
+        shown = {n.name: n.staged for n in fs.ops.tree.children(root)}  # nothing ran yet
+        assert sorted(shown) == ["f", "new"]
+        assert all(staged is not None for staged in shown.values())
+        assert not entered.is_set()  # the mount did not wait for their uploads
+        assert await fs.read_file("f") == b"journaled"
+        gate.set()
+        assert await fs.ops.uploader.drain() == 0
+    assert sorted((f.name, remote.blobs[f.key]) for f in remote.files.values()) == [
+        ("f", b"journaled"),
+        ("new", b"made"),
+    ]
+
+
 async def test_a_file_changed_elsewhere_since_keeps_both_versions(
     remote: MemRemote, tmp_path: Path
 ) -> None:

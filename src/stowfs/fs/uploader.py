@@ -449,6 +449,10 @@ class Uploader:
                 log.warning(
                     "%d file(s) %s are kept in %s: remove them when done", count, why, where
                 )
+        if self._orphans:
+            # Before the mount is ready: its first `ls` shows what they hold, and a write
+            # edits their bytes (after, it would land beside them). Sends wait for later.
+            await self._resume_orphans(send=False)
         task_status.started()
         orphans_due = 0.0
         orphan_delay = 0.0
@@ -501,14 +505,16 @@ class Uploader:
                 heapq.heappush(self._heap, (self._due[node], next(self._order), node))
             self._wake.set()
 
-    async def _resume_orphans(self) -> bool:
-        """Upload rows left by an earlier mount; True when all went."""
+    async def _resume_orphans(self, *, send: bool = True) -> bool:
+        """Upload rows left by an earlier mount; True when all went. Without `send`,
+        only those shown as pending files (or found landed) go."""
         async with self.resuming:
             left = []
             listings: dict[str, list[RemoteFile]] = {}  # folder -> its files, once a pass
             for n, entry in enumerate(self._orphans):
                 try:
-                    await self._resume(entry, listings)
+                    if not await self._resume(entry, listings, send):
+                        left.append(entry)
                 except REFUSED as exc:
                     kept = self._kept_path("refused", entry.staging, entry.name)
                     why = (
@@ -554,7 +560,10 @@ class Uploader:
 
         await trio.to_thread.run_sync(run)
 
-    async def _resume(self, entry: Entry, listings: dict[str, list[RemoteFile]]) -> None:
+    async def _resume(
+        self, entry: Entry, listings: dict[str, list[RemoteFile]], send: bool
+    ) -> bool:
+        """Resume one row; False: it must be sent, and `send` is not set."""
         try:
             stat = await trio.to_thread.run_sync(os.stat, entry.staging)
         except FileNotFoundError:
@@ -563,7 +572,7 @@ class Uploader:
                 "has no staging file any more: nothing to send (an upload that landed"
                 " before its row could be removed leaves this, as does a cache emptied by hand)",
             )
-            return
+            return True
         size = stat.st_size
         if entry.size is not None and size < entry.size:
             # A crash of the machine lost written bytes before they reached the disk (or
@@ -576,7 +585,7 @@ class Uploader:
                 f" when journaled; the remote keeps its version, the bytes are kept in {kept}",
                 kept,
             )
-            return
+            return True
         folder = await self.tree.load_dir(entry.folder)
         new = await self._landed(entry, stat, await self._files_in(entry.folder, folder, listings))
         if new is not None:
@@ -584,7 +593,9 @@ class Uploader:
             new = await self._bring_to(new, {}, lambda: entry.metadata, lambda: entry.public)
         elif folder is not None and await self._adopt(entry, folder, stat):
             log.info("upload of %s/%s resumes: shown as pending", entry.folder, entry.name)
-            return
+            return True
+        elif not send:
+            return False
         else:
             # Parts land in entry.progress's checkpoint itself: a second try resumes too.
             new = await self._upload(
@@ -608,6 +619,7 @@ class Uploader:
         parent = self.tree.find_dir(entry.folder)
         if parent is not None:
             self.tree.expire(parent)  # show the resumed file
+        return True
 
     async def _files_in(
         self, folder: str, shown: Node | None, listings: dict[str, list[RemoteFile]]
