@@ -218,6 +218,13 @@ def test_xattrs_against_the_server(mount: Mount) -> None:
     assert mount.remote_file("img.png")["is_public"] is True
     public = sh("getfattr", "--only-values", "-n", "user.stowfs.public_url", f)
     assert public.startswith("http")
+    # Before its upload, as after: a value the schema refuses fails, the bytes still go.
+    with open(mnt / "new.png", "wb") as pending:
+        pending.write(b"new")
+        assert "Invalid argument" in fails("setfattr", "-n", "user.seed", "-v", "x", pending.name)
+        sh("setfattr", "-n", "user.seed", "-v", "9", pending.name)
+    record = mount.remote_file("new.png")
+    assert (mount.remote_bytes(record), record["metadata"]["seed"]) == (b"new", 9)
 
 
 def test_tools_that_copy_xattrs(mount: Mount, tmp_path: Path) -> None:

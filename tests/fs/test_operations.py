@@ -21,6 +21,7 @@ from stowfs.errors import (
     AuthFailed,
     Conflict,
     Forbidden,
+    InvalidRequest,
     QuotaExceeded,
     RemoteError,
     TooLarge,
@@ -32,7 +33,7 @@ from stowfs.fs.journal import Journal
 from stowfs.fs.names import disambiguated
 from stowfs.fs.operations import MKNOD_GRACE, USAGE_TTL
 from stowfs.fs.tree import GONE_KEPT, ROOT
-from stowfs.remote.base import Change, RemoteFile, UploadCheckpoint
+from stowfs.remote.base import Change, FieldInfo, RemoteFile, UploadCheckpoint
 from tests.fs.harness import CTX, FS, gated, mounted_ops, read_entries, setattr_
 from tests.fs.memremote import CAPS, MemRemote
 
@@ -766,6 +767,59 @@ async def test_xattr_limits_and_namespaces_never_call_the_network(
             await fs.getxattr("p", name)
         assert fuse_errno(exc) == pyfuse3.ENOATTR
     assert sum(remote.calls.values()) == before
+
+
+class SchemaRemote(MemRemote):
+    """A remote with a metadata schema, whose uploads refuse values of another type (as
+    the reference server does): one refused value would refuse the bytes with it."""
+
+    FIELDS = (FieldInfo("seed", "long"), FieldInfo("tags", "keyword", array=True))
+    READ_ONLY = (FieldInfo("size", "long", writable=False),)
+
+    def __init__(self) -> None:
+        super().__init__(dataclasses.replace(CAPS, search=True))
+
+    async def schema(self) -> list[FieldInfo]:
+        return [*self.FIELDS, *self.READ_ONLY]
+
+    async def upload(
+        self,
+        source: Path,
+        folder: str,
+        name: str,
+        metadata: Mapping[str, Any] | None = None,
+        **kw: Any,
+    ) -> RemoteFile:
+        fields = {f.name: f for f in await self.schema()}
+        if any(k in fields and not fields[k].accepts(v) for k, v in (metadata or {}).items()):
+            raise InvalidRequest("metadata refused", status=400)
+        return await super().upload(source, folder, name, metadata, **kw)
+
+
+async def test_a_value_of_the_wrong_type_on_a_file_not_uploaded_yet_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    """As it is on an uploaded file (the service refuses the PATCH): sent with the bytes
+    later, it refused their whole upload, and the file was gone from the mount."""
+    remote = SchemaRemote()
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        fh = await fs.open("gen.png", os.O_WRONLY | os.O_CREAT)
+        await fs.ops.write(fh, 0, b"png")
+        for name, value in (("user.seed", b"abc"), ("user.size", b"3"), ("user.tags", b"[1]")):
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await fs.setxattr("gen.png", name, value)
+            assert fuse_errno(exc) == errno.EINVAL
+        await fs.setxattr("gen.png", "user.seed", b"42")
+        await fs.setxattr("gen.png", "user.tags", b'["cat"]')
+        await fs.setxattr("gen.png", "user.note", b"free-form")  # not in the schema
+        await fs.close(fh)
+        [f] = remote.by_path("gen.png")
+        assert remote.blobs[f.key] == b"png"
+        assert {k: f.metadata[k] for k in ("seed", "tags", "note")} == {
+            "seed": 42,
+            "tags": ["cat"],
+            "note": "free-form",
+        }
 
 
 async def test_refused_node_types(fs: FS) -> None:

@@ -153,6 +153,29 @@ async def test_usage_search_schema(
         await client.search({"no_such_field": 1})
 
 
+async def test_the_schema_judges_values_as_the_service_does(
+    client: HttpRemote, folder: str, make_file: MakeFile
+) -> None:
+    """A mount checks the metadata of a file not uploaded yet by the schema (a value the
+    service refuses would refuse the whole upload later): it must agree with a PATCH."""
+    file = await client.upload(make_file(10), folder, "f.txt")
+    fields = {f.name: f for f in await client.schema()}
+    values: list[Any] = ["text", "", 7, -1, 2.5, True, ["a", "b"], [1], {"a": 1}]
+    values += ["2026-12-04", "2026-12-04T10:00:00Z", "2026-12-04T10:00:00+02:00", "noon"]
+    names = ["prompt", "seed", "cfg_scale", "legal_hold", "tags", "expires_at", "size"]
+    verdicts = []
+    for name in names:
+        for value in values:
+            try:
+                await client.patch_metadata(file.key, {name: value})
+                served = True
+            except errors.InvalidRequest:
+                served = False
+            verdicts.append((name, value, fields[name].accepts(value), served))
+    assert [v for v in verdicts if v[2] != v[3]] == []
+    assert {v[3] for v in verdicts} == {True, False}
+
+
 async def test_change_feed(client: HttpRemote, folder: str, make_file: MakeFile) -> None:
     start = await client.changes(None)
     assert start.changes == []

@@ -517,6 +517,7 @@ async def test_schema_fields(client: httpx.AsyncClient) -> None:
         assert by_name[name]["type"] == field.type
         assert by_name[name]["searchable"] is True
         assert by_name[name].get("array", False) == field.array
+        assert by_name[name].get("read_only", False) == field.system
     assert by_name["tags"]["array"] is True
     assert by_name["size"]["type"] == "long"
 

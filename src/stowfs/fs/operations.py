@@ -22,8 +22,8 @@ from typing import Any
 import pyfuse3
 import trio
 
-from ..errors import Conflict, NotFound, StowfsError, Unavailable
-from ..remote.base import Remote, RemoteFile, Usage
+from ..errors import Conflict, InvalidRequest, NotFound, StowfsError, Unavailable
+from ..remote.base import FieldInfo, Remote, RemoteFile, Usage
 from . import xattrs
 from .blockcache import BlockCache
 from .errnos import fuse_error, handler
@@ -128,6 +128,7 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._usage: tuple[float, int, Usage] | None = None  # asked at, tree.edits then
         self._nursery: trio.Nursery | None = None
+        self._fields: dict[str, FieldInfo] = {}  # the service's metadata schema, if it has one
 
     # -- life cycle --------------------------------------------------------------------
     async def start(self, nursery: trio.Nursery) -> None:
@@ -139,6 +140,8 @@ class Operations(pyfuse3.Operations):
             self.remote, self.cache, self._spawn, max_window=self.options.read_ahead
         )
         self.prefetch = Prefetcher(self.tree, self.reader, self._spawn)
+        if self.caps.search:
+            self._fields = await self._schema()
         if not self.caps.list:
             root = self.tree.nodes[ROOT]
             drops = await trio.to_thread.run_sync(self.journal.drops)
@@ -154,6 +157,15 @@ class Operations(pyfuse3.Operations):
             if self.caps.gone_with_url:
                 nursery.start_soon(self._expire_drops)
         await nursery.start(self.uploader.run)  # after the record: it resumes into it
+
+    async def _schema(self) -> dict[str, FieldInfo]:
+        """The service's metadata fields; none known, none checked (its answer to the
+        upload then says)."""
+        try:
+            return {f.name: f for f in await self.remote.schema()}
+        except StowfsError as exc:
+            log.info("no metadata schema (%s): values are checked by the upload", exc)
+            return {}
 
     def _expired(self, file: RemoteFile, now: float) -> bool:
         return self.caps.gone_with_url and file.url_expires is not None and file.url_expires <= now
@@ -926,6 +938,12 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.E2BIG)  # before any network call
         staged = node.staged
         if staged is not None and (staged.dirty or node.file is None):
+            field = self._fields.get(key)
+            if field is not None and not field.accepts(value):
+                # As a PATCH would be: sent with the bytes, it would refuse their upload.
+                kind = f"{field.type} array" if field.array else field.type
+                what = f"takes values of type {kind}" if field.writable else "is the service's"
+                raise InvalidRequest(f"{node.name}: the metadata field {key!r} {what}")
             staged.metadata = merged  # goes up with the pending upload
             await self.uploader.record(node)
             return

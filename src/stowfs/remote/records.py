@@ -105,6 +105,7 @@ def field_info(data: Mapping[str, Any]) -> FieldInfo:
         type=str(data.get("type", "keyword")),
         searchable=bool(data.get("searchable", True)),
         array=bool(data.get("array", False)),
+        writable=not data.get("read_only", False),
     )
 
 

@@ -100,6 +100,8 @@ def schema_document() -> dict[str, Any]:
         entry: dict[str, Any] = {"name": f.name, "type": f.type, "searchable": True}
         if f.array:
             entry["array"] = True
+        if f.system:
+            entry["read_only"] = True  # an extension: clients check metadata before sending
         fields.append(entry)
     return {"fields": fields, "total_fields": len(fields)}
 
