@@ -27,8 +27,13 @@ class Notifier:
 
     def __init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[tuple[int, str | None]](10_000)
+        # Set once the kernel's INIT is answered. Before, the kernel holds nothing of this
+        # mount to invalidate (and refuses notifications: pyfuse3 logs a traceback).
+        self.serving = False
 
     def __call__(self, inode: pyfuse3.InodeT, name: str | None) -> None:
+        if not self.serving:
+            return
         try:
             self._send.send_nowait((inode, name))
         except trio.WouldBlock:
@@ -78,11 +83,12 @@ async def _stop_on_signals() -> None:
             return
 
 
-async def _announce(mountpoint: Path, ready: Callable[[], None]) -> None:
+async def _announce(mountpoint: Path, ready: Callable[[], None], notifier: Notifier) -> None:
     """Ready once the kernel's INIT is answered (a stat of the mountpoint is served)
     and the read-ahead raised after it: a file opened before the raise keeps the old
     read-ahead (the kernel copies it at open), and reads at a fraction of the rate."""
     await trio.to_thread.run_sync(os.stat, mountpoint)
+    notifier.serving = True
     await trio.to_thread.run_sync(raise_kernel_read_ahead, mountpoint)
     log.info("mounted on %s (pid %d)", mountpoint, os.getpid())
     ready()
@@ -113,7 +119,7 @@ async def serve_mount(
                 nursery.start_soon(_stop_on_signals)
                 if remote.capabilities.changes and remote.capabilities.list:
                     nursery.start_soon(follow_changes, ops.tree, interval)
-                nursery.start_soon(_announce, mountpoint, ready)
+                nursery.start_soon(_announce, mountpoint, ready, notifier)
                 await pyfuse3.main()
             finally:
                 pyfuse3.close(unmount=True)
