@@ -1536,6 +1536,35 @@ async def test_metadata_set_while_the_upload_is_in_flight_is_kept(
     assert (await fs.stat("a")).st_mtime_ns == 1_500_000_000 * 10**9
 
 
+async def test_an_unmount_while_a_landed_upload_gets_its_metadata_keeps_one_object(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """The bytes are stored and the metadata set meanwhile is being patched on when the
+    unmount cancels the background uploads: the object is this file's all the same. It
+    was not, and the unmount's drain sent the bytes again, beside it (a duplicate)."""
+    landed, go_on = gated(remote, "upload", done=True)
+    patching, patched = gated(remote, "patch_metadata")
+
+    async def answer_once_all_wait() -> None:
+        await patching.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        patched.set()
+
+    async with (
+        trio.open_nursery() as outer,
+        mounted_ops(remote, tmp_path / "cache", write_back=0.0) as fs,
+    ):
+        outer.start_soon(answer_once_all_wait)
+        await fs.write_file("f", b"bytes")  # close returns: it uploads in the background
+        await landed.wait()
+        await fs.setxattr("f", "user.prompt", b"a cat")
+        go_on.set()
+        await patching.wait()
+        # leaving: the unmount cancels the background uploads, then sends what is pending
+    [f] = remote.by_path("f")
+    assert (remote.blobs[f.key], f.metadata["prompt"]) == (b"bytes", "a cat")
+
+
 async def test_metadata_set_while_it_is_patched_after_an_upload_is_kept(
     fs: FS, remote: MemRemote
 ) -> None:

@@ -341,9 +341,12 @@ class Uploader:
         public: Callable[[], bool | None],
     ) -> RemoteFile:
         """A stored object's metadata brought to `wanted()`, then its visibility to
-        `public()`."""
-        new = await self._patch_since(new, sent, wanted)
-        return await self._make_public(new, public)
+        `public()`. Not cut short by an unmount: the caller would not learn of the object,
+        and the drain would send its bytes again beside it."""
+        with trio.CancelScope(shield=True):
+            new = await self._patch_since(new, sent, wanted)
+            new = await self._make_public(new, public)
+        return new  # noqa: RET504 (returned from the scope, mypy would see a fall-through)
 
     async def _make_public(self, new: RemoteFile, public: Callable[[], bool | None]) -> RemoteFile:
         wanted = public()
@@ -609,12 +612,13 @@ class Uploader:
                 lambda: entry.metadata,
                 lambda: entry.public,
             )
-        if self.drop_folder:
-            await self.journaled(new.name, self.journal.add_drop, new)
-        if entry.replaces and entry.replaces != new.key:
-            await self._delete(entry.replaces)
-        await trio.to_thread.run_sync(entry.staging.unlink)
-        await self.journaled(entry.name, self.journal.remove, entry.id)
+        with trio.CancelScope(shield=True):  # stored: a drop folder could not tell later
+            if self.drop_folder:
+                await self.journaled(new.name, self.journal.add_drop, new)
+            if entry.replaces and entry.replaces != new.key:
+                await self._delete(entry.replaces)
+            await trio.to_thread.run_sync(entry.staging.unlink)
+            await self.journaled(entry.name, self.journal.remove, entry.id)
         log.info("resumed upload of %s/%s", entry.folder, entry.name)
         parent = self.tree.find_dir(entry.folder)
         if parent is not None:
