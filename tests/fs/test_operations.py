@@ -1536,13 +1536,14 @@ async def test_metadata_set_while_the_upload_is_in_flight_is_kept(
     assert (await fs.stat("a")).st_mtime_ns == 1_500_000_000 * 10**9
 
 
-async def test_an_unmount_while_a_landed_upload_gets_its_metadata_keeps_one_object(
-    remote: MemRemote, tmp_path: Path
+async def test_a_close_cut_short_once_its_upload_is_stored_keeps_one_object(
+    fs: FS, remote: MemRemote
 ) -> None:
     """The bytes are stored and the metadata set meanwhile is being patched on when the
-    unmount cancels the background uploads: the object is this file's all the same. It
-    was not, and the unmount's drain sent the bytes again, beside it (a duplicate)."""
-    landed, go_on = gated(remote, "upload", done=True)
+    close's upload is cancelled (an unmount ends the requests in flight): the object is
+    this file's all the same. It was not, and the next try sent the bytes again, beside
+    it (a duplicate)."""
+    stored, go_on = gated(remote, "upload", done=True)
     patching, patched = gated(remote, "patch_metadata")
 
     async def answer_once_all_wait() -> None:
@@ -1550,19 +1551,43 @@ async def test_an_unmount_while_a_landed_upload_gets_its_metadata_keeps_one_obje
         await trio.testing.wait_all_tasks_blocked()
         patched.set()
 
+    fh = await fs.open("f", os.O_WRONLY | os.O_CREAT)
+    await fs.ops.write(fh, 0, b"bytes")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer_once_all_wait)
+        async with trio.open_nursery() as closing:
+            closing.start_soon(fs.close, fh)
+            await stored.wait()
+            await fs.setxattr("f", "user.prompt", b"a cat")
+            go_on.set()
+            await patching.wait()
+            closing.cancel_scope.cancel()
+    assert await fs.ops.uploader.drain() == 0
+    [f] = remote.by_path("f")
+    assert (remote.blobs[f.key], f.metadata["prompt"]) == (b"bytes", "a cat")
+
+
+async def test_an_unmount_lets_the_uploads_under_way_end(remote: MemRemote, tmp_path: Path) -> None:
+    """The server has stored the bytes and its answer is on its way when the unmount
+    comes: cut short, the upload's outcome was unknown to the mount, and its drain sent
+    the bytes again, beside them (a duplicate)."""
+    stored, answered = gated(remote, "upload", done=True)
+
+    async def answer_once_all_wait() -> None:
+        await stored.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        answered.set()
+
     async with (
         trio.open_nursery() as outer,
         mounted_ops(remote, tmp_path / "cache", write_back=0.0) as fs,
     ):
         outer.start_soon(answer_once_all_wait)
         await fs.write_file("f", b"bytes")  # close returns: it uploads in the background
-        await landed.wait()
-        await fs.setxattr("f", "user.prompt", b"a cat")
-        go_on.set()
-        await patching.wait()
-        # leaving: the unmount cancels the background uploads, then sends what is pending
+        await stored.wait()
     [f] = remote.by_path("f")
-    assert (remote.blobs[f.key], f.metadata["prompt"]) == (b"bytes", "a cat")
+    assert remote.blobs[f.key] == b"bytes"
+    assert remote.calls["upload"] == 1
 
 
 async def test_metadata_set_while_it_is_patched_after_an_upload_is_kept(

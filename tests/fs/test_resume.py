@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import logging
 import os
 import sqlite3
 from collections.abc import Mapping
@@ -444,6 +445,43 @@ async def test_an_upload_of_a_folder_another_mount_shows_is_sent_as_before(
         assert await fs.ops.uploader.drain() == 0
         assert await fs.listdir() == []
     assert remote.blobs[stored(remote, "f").key] == b"pending"
+
+
+async def test_an_unmount_during_a_pass_over_an_earlier_mount_s_rows_sends_each_once(
+    remote: MemRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upload under way ends (its answer was on its way); those done are not
+    tried again by the drain, which said each had lost its staging file."""
+    remote.folders.add("sub")
+    cache = tmp_path / "cache"
+    await left_pending(remote, cache, {"a": b"1", "b": b"2", "c": b"3"})
+    calls = remote.calls["upload"]
+    first = remote.upload
+    stored, answered = trio.Event(), trio.Event()
+
+    async def second_waits(*args: Any, **kw: Any) -> RemoteFile:
+        new = await first(*args, **kw)
+        if remote.calls["upload"] - calls == 2:  # the first went: it is under way
+            stored.set()
+            await answered.wait()
+        return new
+
+    remote.upload = second_waits  # type: ignore[method-assign]
+
+    async def answer_once_all_wait() -> None:
+        await stored.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        answered.set()
+
+    async with (
+        trio.open_nursery() as outer,
+        mounted_ops(remote, cache, folder="sub"),  # shows none of them: sent in a pass
+    ):
+        outer.start_soon(answer_once_all_wait)
+        await stored.wait()
+    assert sorted(remote.blobs[f.key] for f in remote.files.values()) == [b"1", b"2", b"3"]
+    assert remote.calls["upload"] - calls == 3
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_a_journaled_upload_without_its_staging_file_is_dropped_and_said(

@@ -17,10 +17,11 @@ import itertools
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import trio
 
@@ -81,7 +82,7 @@ class Uploader:
         self._order = itertools.count()
         self._backoff: dict[Node, float] = {}
         self._waiting: set[Node] = set()  # came due while open for writing
-        self._orphans: list[Entry] = []  # journal rows of an earlier mount
+        self._orphans: deque[Entry] = deque()  # journal rows of an earlier mount
         self.resuming = trio.Lock()  # one pass over them at a time: each would send them
         self._active: set[Node] = set()  # uploading in the background now
         self._quiet = trio.Event()  # set while nothing uploads in the background
@@ -431,7 +432,7 @@ class Uploader:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background uploads (write-back, retries, an earlier mount's journal), several
         at a time."""
-        self._orphans = await trio.to_thread.run_sync(self.journal.pending)
+        self._orphans = deque(await trio.to_thread.run_sync(self.journal.pending))
         keep = {entry.staging.name for entry in self._orphans}
         if self._orphans and self.read_only:
             log.warning(
@@ -439,7 +440,7 @@ class Uploader:
                 " this one is read-only",
                 len(self._orphans),
             )
-            self._orphans = []
+            self._orphans.clear()
         elif self._orphans:
             log.warning("resuming %d journaled upload(s) of an earlier mount", len(self._orphans))
         stray = await trio.to_thread.run_sync(staging.sweep, self.staging_dir, keep)
@@ -491,7 +492,11 @@ class Uploader:
                         # send it all again: it goes when the last writer closes.
                         self._waiting.add(node)
                     else:
-                        await self._attempt(node)
+                        # An unmount lets it end (the drain waits for it): cut short,
+                        # the server may have stored it unbeknown, and the drain would
+                        # send it again beside it.
+                        with trio.CancelScope(shield=True):
+                            await self._attempt(node)
         except REFUSED:
             pass  # dropped: retrying would never do
         except (StowfsError, OSError) as exc:
@@ -510,30 +515,37 @@ class Uploader:
 
     async def _resume_orphans(self, *, send: bool = True) -> bool:
         """Upload rows left by an earlier mount; True when all went. Without `send`,
-        only those shown as pending files (or found landed) go."""
+        only those shown as pending files (or found landed) go. The rows not done yet
+        stay in `_orphans` at every step: an unmount may end the pass between two."""
         async with self.resuming:
-            left = []
             listings: dict[str, list[RemoteFile]] = {}  # folder -> its files, once a pass
-            for n, entry in enumerate(self._orphans):
-                try:
-                    if not await self._resume(entry, listings, send):
-                        left.append(entry)
-                except REFUSED as exc:
-                    kept = self._kept_path("refused", entry.staging, entry.name)
-                    why = (
-                        f"refused by the remote ({exc}); the change was not kept, its bytes are in"
-                    )
-                    await self._forget(entry, f"{why} {kept}", kept)
-                except (StowfsError, OSError) as exc:  # OSError: its staging file unreadable
-                    log.warning(
-                        "journaled upload of %s/%s failed: %s", entry.folder, entry.name, exc
-                    )
-                    left.append(entry)
-                    if isinstance(exc, Unavailable):  # the rest would each wait out the retries
-                        left.extend(self._orphans[n + 1 :])
-                        break
-            self._orphans = left
-            return not left
+            for _ in range(len(self._orphans)):
+                # As an upload under way (_background): an unmount lets it end.
+                with trio.CancelScope(shield=True):
+                    outcome = await self._try_resume(self._orphans[0], listings, send)
+                if outcome == "down":
+                    break  # the rest would each wait out the retries
+                if outcome == "done":
+                    self._orphans.popleft()
+                else:
+                    self._orphans.rotate(-1)  # to the back, for a later pass
+            return not self._orphans
+
+    async def _try_resume(
+        self, entry: Entry, listings: dict[str, list[RemoteFile]], send: bool
+    ) -> Literal["done", "left", "down"]:
+        """Resume one row: done (sent, found landed, shown as pending, or dropped for
+        good), left for a later pass, or left with the remote unreachable."""
+        try:
+            return "done" if await self._resume(entry, listings, send) else "left"
+        except REFUSED as exc:
+            kept = self._kept_path("refused", entry.staging, entry.name)
+            why = f"refused by the remote ({exc}); the change was not kept, its bytes are in"
+            await self._forget(entry, f"{why} {kept}", kept)
+            return "done"
+        except (StowfsError, OSError) as exc:  # OSError: its staging file unreadable
+            log.warning("journaled upload of %s/%s failed: %s", entry.folder, entry.name, exc)
+            return "down" if isinstance(exc, Unavailable) else "left"
 
     async def _forget(self, entry: Entry, why: str, keep: Path | None = None) -> None:
         """An earlier mount's upload that will never be: its parts and row go, its bytes
@@ -612,13 +624,12 @@ class Uploader:
                 lambda: entry.metadata,
                 lambda: entry.public,
             )
-        with trio.CancelScope(shield=True):  # stored: a drop folder could not tell later
-            if self.drop_folder:
-                await self.journaled(new.name, self.journal.add_drop, new)
-            if entry.replaces and entry.replaces != new.key:
-                await self._delete(entry.replaces)
-            await trio.to_thread.run_sync(entry.staging.unlink)
-            await self.journaled(entry.name, self.journal.remove, entry.id)
+        if self.drop_folder:
+            await self.journaled(new.name, self.journal.add_drop, new)
+        if entry.replaces and entry.replaces != new.key:
+            await self._delete(entry.replaces)
+        await trio.to_thread.run_sync(entry.staging.unlink)
+        await self.journaled(entry.name, self.journal.remove, entry.id)
         log.info("resumed upload of %s/%s", entry.folder, entry.name)
         parent = self.tree.find_dir(entry.folder)
         if parent is not None:
