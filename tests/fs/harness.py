@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,7 @@ from unittest import mock
 
 import pyfuse3
 import trio
+import trio.testing
 
 from stowfs.fs.operations import Operations
 from stowfs.fs.options import MountOptions
@@ -193,3 +194,21 @@ def gated(remote: MemRemote, method: str, *, done: bool = False) -> tuple[trio.E
 
     setattr(remote, method, waiting)
     return entered, gate
+
+
+async def open_once_all_wait(entered: trio.Event, gate: trio.Event) -> None:
+    """Set `gate` once `entered` is and every task waits: the answer to a call (of
+    `gated`) that comes only when nothing else can run, a shielded wait included."""
+    await entered.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    gate.set()
+
+
+async def left_pending(remote: MemRemote, cache: Path, files: Mapping[str, bytes]) -> None:
+    """Write `files` (write-back) in a mount that ends with the service down, as after
+    a kill -9: their rows stay for the next mount."""
+    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
+        for path, data in files.items():
+            await fs.write_file(path, data)
+        remote.down = True
+    remote.down = False

@@ -34,7 +34,16 @@ from stowfs.fs.names import disambiguated
 from stowfs.fs.operations import MKNOD_GRACE, USAGE_TTL
 from stowfs.fs.tree import GONE_KEPT, ROOT
 from stowfs.remote.base import Change, FieldInfo, RemoteFile, UploadCheckpoint
-from tests.fs.harness import CTX, FS, gated, mounted_ops, read_entries, setattr_
+from tests.fs.harness import (
+    CTX,
+    FS,
+    gated,
+    left_pending,
+    mounted_ops,
+    open_once_all_wait,
+    read_entries,
+    setattr_,
+)
 from tests.fs.memremote import CAPS, MemRemote
 
 RENAME_WHITEOUT = 4  # linux/fs.h; pyfuse3 names only the other two flags
@@ -782,18 +791,13 @@ class SchemaRemote(MemRemote):
     async def schema(self) -> list[FieldInfo]:
         return [*self.FIELDS, *self.READ_ONLY]
 
-    async def upload(
-        self,
-        source: Path,
-        folder: str,
-        name: str,
-        metadata: Mapping[str, Any] | None = None,
-        **kw: Any,
+    def put(
+        self, folder: str, name: str, data: bytes, metadata: Mapping[str, Any] | None = None
     ) -> RemoteFile:
-        fields = {f.name: f for f in await self.schema()}
+        fields = {f.name: f for f in (*self.FIELDS, *self.READ_ONLY)}
         if any(k in fields and not fields[k].accepts(v) for k, v in (metadata or {}).items()):
             raise InvalidRequest("metadata refused", status=400)
-        return await super().upload(source, folder, name, metadata, **kw)
+        return super().put(folder, name, data, metadata)
 
 
 async def test_a_value_of_the_wrong_type_on_a_file_not_uploaded_yet_is_refused_at_once(
@@ -1545,16 +1549,10 @@ async def test_a_close_cut_short_once_its_upload_is_stored_keeps_one_object(
     it (a duplicate)."""
     stored, go_on = gated(remote, "upload", done=True)
     patching, patched = gated(remote, "patch_metadata")
-
-    async def answer_once_all_wait() -> None:
-        await patching.wait()
-        await trio.testing.wait_all_tasks_blocked()
-        patched.set()
-
     fh = await fs.open("f", os.O_WRONLY | os.O_CREAT)
     await fs.ops.write(fh, 0, b"bytes")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(answer_once_all_wait)
+        nursery.start_soon(open_once_all_wait, patching, patched)
         async with trio.open_nursery() as closing:
             closing.start_soon(fs.close, fh)
             await stored.wait()
@@ -1572,17 +1570,11 @@ async def test_an_unmount_lets_the_uploads_under_way_end(remote: MemRemote, tmp_
     comes: cut short, the upload's outcome was unknown to the mount, and its drain sent
     the bytes again, beside them (a duplicate)."""
     stored, answered = gated(remote, "upload", done=True)
-
-    async def answer_once_all_wait() -> None:
-        await stored.wait()
-        await trio.testing.wait_all_tasks_blocked()
-        answered.set()
-
     async with (
         trio.open_nursery() as outer,
         mounted_ops(remote, tmp_path / "cache", write_back=0.0) as fs,
     ):
-        outer.start_soon(answer_once_all_wait)
+        outer.start_soon(open_once_all_wait, stored, answered)
         await fs.write_file("f", b"bytes")  # close returns: it uploads in the background
         await stored.wait()
     [f] = remote.by_path("f")
@@ -1789,15 +1781,11 @@ async def test_an_unmount_during_the_resume_of_a_journal_sends_each_file_once(
     turns: two passes at once sent a file twice, and the second found its staging file
     gone and kept it journaled (a flaky CI failure)."""
     cache = tmp_path / "cache"
-    async with mounted_ops(remote, cache, write_back=600.0) as fs:
-        for name in ("a", "b", "c"):
-            await fs.write_file(name, name.encode())
-        remote.down = True
-        assert await fs.ops.uploader.drain() == 3
-    remote.down = False
+    await left_pending(remote, cache, {name: name.encode() for name in ("a", "b", "c")})
     calls = remote.calls["upload"]
     entered, gate = gated(remote, "upload")
-    async with mounted_ops(remote, cache) as fs:
+    remote.folders.add("sub")
+    async with mounted_ops(remote, cache, folder="sub") as fs:  # shows none: sent in a pass
         await entered.wait()  # the background pass is sending the first
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fs.ops.uploader.drain)
@@ -1818,13 +1806,10 @@ async def test_an_unmount_with_the_server_down_tries_one_upload_not_each(
     take that long for each. After the first finds the server down, the rest stay
     journaled for the next mount."""
     cache = tmp_path / "cache"
-    async with mounted_ops(remote, cache, write_back=600.0) as fs:
-        for name in ("a", "b", "c"):
-            await fs.write_file(name, name.encode())
-        remote.down = True
-        assert await fs.ops.uploader.drain() == 3
-        assert remote.calls["upload"] == 1
+    await left_pending(remote, cache, {name: name.encode() for name in ("a", "b", "c")})
+    assert remote.calls["upload"] == 1  # by the unmount's drain, the server down
     assert len(Journal(cache / "journal.db").pending()) == 3
+    remote.down = True
     async with mounted_ops(remote, cache) as fs:  # an earlier mount's rows, server down
         assert await fs.ops.uploader.drain() == 3
         assert remote.calls["upload"] <= 1 + 2  # one per pass (at start, at the drain)

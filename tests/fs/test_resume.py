@@ -21,7 +21,7 @@ import trio.testing
 from stowfs.errors import Unavailable
 from stowfs.fs.journal import Journal, Progress
 from stowfs.remote.base import CheckpointHook, ProgressHook, RemoteFile, UploadCheckpoint
-from tests.fs.harness import FS, gated, mounted_ops
+from tests.fs.harness import FS, gated, left_pending, mounted_ops, open_once_all_wait
 from tests.fs.memremote import CAPS, MemRemote
 
 PART = 16 * 1024
@@ -123,6 +123,15 @@ async def retried(remote: MemRemote, path: str) -> None:
             return
         await trio.sleep(1)
     raise AssertionError(f"{path} was never stored")
+
+
+def journaled(cache: Path) -> list[str]:
+    """The names of the uploads the journal in `cache` still holds."""
+    journal = Journal(cache / "journal.db")
+    try:
+        return [entry.name for entry in journal.pending()]
+    finally:
+        journal.close()
 
 
 def stored(remote: MemRemote, path: str) -> RemoteFile:
@@ -299,9 +308,7 @@ async def test_an_upload_that_landed_before_a_crash_is_not_sent_again(tmp_path: 
     assert remote.blobs[f.key] == b"new bytes"
     assert f.metadata["prompt"] == "a cat"
     assert remote.landed == 1  # never sent again
-    journal = Journal(cache / "journal.db")
-    assert journal.pending() == []
-    journal.close()
+    assert journaled(cache) == []
 
 
 async def test_an_older_object_of_the_same_bytes_is_not_taken_for_the_upload(
@@ -350,16 +357,6 @@ async def test_a_read_only_mount_keeps_journaled_uploads_for_a_writable_one(
     assert remote.blobs[stored(remote, "f").key] == b"pending"
 
 
-async def left_pending(remote: MemRemote, cache: Path, files: Mapping[str, bytes]) -> None:
-    """Write `files` (write-back) in a mount that ends with the service down, as after
-    a kill -9: their rows stay for the next mount."""
-    async with mounted_ops(remote, cache, write_back=1000.0) as fs:
-        for path, data in files.items():
-            await fs.write_file(path, data)
-        remote.down = True
-    remote.down = False
-
-
 async def test_an_earlier_mount_s_upload_shows_while_it_resumes_and_a_write_edits_it(
     remote: MemRemote, tmp_path: Path
 ) -> None:
@@ -386,9 +383,7 @@ async def test_an_earlier_mount_s_upload_shows_while_it_resumes_and_a_write_edit
         ("f", b"newest"),
         ("new", b"made"),
     ]
-    journal = Journal(cache / "journal.db")
-    assert journal.pending() == []
-    journal.close()
+    assert journaled(cache) == []
 
 
 async def test_a_mount_is_ready_once_an_earlier_mount_s_uploads_show(
@@ -467,17 +462,11 @@ async def test_an_unmount_during_a_pass_over_an_earlier_mount_s_rows_sends_each_
         return new
 
     remote.upload = second_waits  # type: ignore[method-assign]
-
-    async def answer_once_all_wait() -> None:
-        await stored.wait()
-        await trio.testing.wait_all_tasks_blocked()
-        answered.set()
-
     async with (
         trio.open_nursery() as outer,
         mounted_ops(remote, cache, folder="sub"),  # shows none of them: sent in a pass
     ):
-        outer.start_soon(answer_once_all_wait)
+        outer.start_soon(open_once_all_wait, stored, answered)
         await stored.wait()
     assert sorted(remote.blobs[f.key] for f in remote.files.values()) == [b"1", b"2", b"3"]
     assert remote.calls["upload"] - calls == 3

@@ -11,11 +11,11 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import Unsupported
+from ..metadata import fits
 
 
 @dataclass(frozen=True)
@@ -129,32 +129,7 @@ class FieldInfo:
 
     def accepts(self, value: Any) -> bool:
         """Whether the service takes `value` for this field (None removes it)."""
-        if value is None:
-            return True
-        if not self.writable:
-            return False
-        if self.array and isinstance(value, list):
-            return all(isinstance(item, str) for item in value)
-        match self.type:
-            case "keyword" | "text":
-                return isinstance(value, str)
-            case "long":
-                return isinstance(value, int) and not isinstance(value, bool)
-            case "double":
-                return isinstance(value, int | float) and not isinstance(value, bool)
-            case "boolean":
-                return isinstance(value, bool)
-            case "date":
-                return isinstance(value, str) and _is_date(value)
-        return True
-
-
-def _is_date(text: str) -> bool:
-    try:
-        datetime.fromisoformat(text.strip())
-    except ValueError:
-        return False
-    return True
+        return value is None or (self.writable and fits(self.type, self.array, value))
 
 
 @dataclass

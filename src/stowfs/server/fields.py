@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..metadata import fits
 from .config import METADATA_MAX_BYTES
 from .errors import APIError, bad_request
 from .timeutil import normalize_iso
@@ -106,33 +107,6 @@ def schema_document() -> dict[str, Any]:
     return {"fields": fields, "total_fields": len(fields)}
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _type_ok(field: Field, value: Any) -> bool:
-    if field.array and isinstance(value, list):
-        return all(isinstance(v, str) for v in value)
-    match field.type:
-        case "keyword" | "text":
-            return isinstance(value, str)
-        case "long":
-            return _is_int(value)
-        case "double":
-            return _is_int(value) or isinstance(value, float)
-        case "boolean":
-            return isinstance(value, bool)
-        case "date":
-            if not isinstance(value, str):
-                return False
-            try:
-                normalize_iso(value)
-            except ValueError:
-                return False
-            return True
-    return False
-
-
 def metadata_size(metadata: dict[str, Any]) -> int:
     text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
     try:
@@ -165,7 +139,7 @@ def validate_metadata(metadata: dict[str, Any]) -> None:
         if not key or len(key) > 255 or any(ord(c) < 32 for c in key):
             raise bad_request(f"invalid metadata key {key!r}", code="INVALID_METADATA")
         field = FIELDS.get(key)
-        if field is not None and value is not None and not _type_ok(field, value):
+        if field is not None and value is not None and not fits(field.type, field.array, value):
             kind = f"{field.type} array" if field.array else field.type
             raise bad_request(
                 f"metadata field {key!r} must be of type {kind}",
