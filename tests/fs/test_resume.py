@@ -21,7 +21,7 @@ import trio.testing
 from stowfs.errors import Unavailable
 from stowfs.fs.journal import Journal, Progress
 from stowfs.remote.base import CheckpointHook, ProgressHook, RemoteFile, UploadCheckpoint
-from tests.fs.harness import FS, gated, left_pending, mounted_ops, open_once_all_wait
+from tests.fs.harness import CTX, FS, gated, left_pending, mounted_ops, open_once_all_wait
 from tests.fs.memremote import CAPS, MemRemote
 
 PART = 16 * 1024
@@ -471,6 +471,48 @@ async def test_an_unmount_during_a_pass_over_an_earlier_mount_s_rows_sends_each_
     assert sorted(remote.blobs[f.key] for f in remote.files.values()) == [b"1", b"2", b"3"]
     assert remote.calls["upload"] - calls == 3
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_file_removed_while_its_upload_goes_up_keeps_its_row_till_the_object_goes(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """The upload may store the object after the unlink: were the mount to die before it
+    deletes that object, the row tells the next mount. It went at the unlink, and a crash
+    then brought the file back."""
+    cache = tmp_path / "cache"
+    stored, answered = gated(remote, "upload", done=True)
+    async with mounted_ops(remote, cache, write_back=0.0) as fs:
+        await fs.write_file("f", b"bytes")
+        await stored.wait()  # the server has it; the answer is on its way
+        await fs.ops.unlink(pyfuse3.ROOT_INODE, b"f", CTX)
+        try:
+            assert journaled(cache) == ["f"]
+        finally:
+            answered.set()  # (else the unmount would wait for the upload under way)
+        assert await fs.ops.uploader.drain() == 0
+        assert journaled(cache) == []
+        assert await fs.listdir() == []
+    assert remote.files == {}
+
+
+async def test_an_object_stored_for_a_file_removed_meanwhile_goes_after_a_crash(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """What the mount leaves when it dies between the two: the row, marked, and the
+    object on the server. The next mount deletes it (the file came back)."""
+    staging = tmp_path / "cache" / "staging" / "f-bytes"
+    staging.parent.mkdir(parents=True)
+    staging.write_bytes(b"bytes")
+    remote.put("", "f", b"bytes")  # stored by the upload under way at the unlink
+    remote.put("", "g", b"bytes")  # another file of the same bytes
+    journal = Journal(tmp_path / "cache" / "journal.db")
+    journal.unlinked(journal.record(None, staging, "", "f", None, {}, size=5))
+    journal.close()
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        assert await fs.listdir() == ["g"]
+    assert [f.name for f in remote.files.values()] == ["g"]
+    assert journaled(tmp_path / "cache") == []
+    assert not staging.exists()
 
 
 async def test_a_journaled_upload_without_its_staging_file_is_dropped_and_said(

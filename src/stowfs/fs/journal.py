@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # uploads.public: the visibility the object gets once up (NULL: the service's default).
 # uploads.size: the bytes staged when the row was written; a staging file found shorter
 # lost bytes that never reached the disk (NULL: a row of a version before the column).
+# uploads.unlinked: 1 when the file was removed while its upload was under way: the row
+# stays until the object that upload may make is deleted (after a crash: by the next mount).
 # Journals written before these columns had none: they are added on open.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     metadata TEXT NOT NULL,
     resume TEXT,
     public INTEGER,
-    size INTEGER
+    size INTEGER,
+    unlinked INTEGER
 );
 CREATE TABLE IF NOT EXISTS drops (
     key TEXT PRIMARY KEY,
@@ -102,6 +105,7 @@ class Entry:
     progress: Progress | None = None
     public: bool | None = None
     size: int | None = None
+    unlinked: bool = False
 
 
 class Journal:
@@ -112,7 +116,8 @@ class Journal:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(uploads)")}
-        for name, kind in (("resume", "TEXT"), ("public", "INTEGER"), ("size", "INTEGER")):
+        added = (("resume", "TEXT"), ("public", "INTEGER"), ("size", "INTEGER"))
+        for name, kind in (*added, ("unlinked", "INTEGER")):
             if name not in columns:
                 self._conn.execute(f"ALTER TABLE uploads ADD COLUMN {name} {kind}")
         self._lock = threading.Lock()
@@ -162,6 +167,10 @@ class Journal:
                 "UPDATE uploads SET resume=? WHERE id=?", (progress.to_json(), entry_id)
             )
 
+    def unlinked(self, entry_id: int) -> None:
+        with self._lock, _writing():
+            self._conn.execute("UPDATE uploads SET unlinked=1 WHERE id=?", (entry_id,))
+
     def remove(self, entry_id: int) -> int:
         """Remove a row; returns how many went (0: none had that id)."""
         with self._lock, _writing():
@@ -170,8 +179,8 @@ class Journal:
     def pending(self) -> list[Entry]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, staging, folder, name, replaces, metadata, resume, public, size"
-                " FROM uploads ORDER BY id"
+                "SELECT id, staging, folder, name, replaces, metadata, resume, public, size,"
+                " unlinked FROM uploads ORDER BY id"
             ).fetchall()
         return [
             Entry(
@@ -184,6 +193,7 @@ class Journal:
                 _progress(r[6]),
                 None if r[7] is None else bool(r[7]),
                 r[8],
+                bool(r[9]),
             )
             for r in rows
         ]

@@ -224,14 +224,21 @@ class Uploader:
         return self.staging_dir.parent / folder / f"{staging.name}-{short}"
 
     async def cancel(self, node: Node) -> None:
-        """The node was unlinked: its pending bytes go nowhere."""
+        """The node was unlinked: its pending bytes go nowhere. An upload of them under
+        way may still store them: their row stays, marked, until that object is deleted
+        (by the next mount, after a crash)."""
         self._due.pop(node, None)
-        if node.staged is not None:
-            await self._drop(node, node.staged)
+        staged = node.staged
+        if staged is None:
+            return
+        keep_row = staged.uploading and staged.journal_id is not None
+        if keep_row:
+            await self.journaled(node.name, self.journal.unlinked, staged.journal_id)
+        await self._drop(node, staged, keep_row=keep_row)
 
-    async def _drop(self, node: Node, staged: Staged) -> None:
+    async def _drop(self, node: Node, staged: Staged, *, keep_row: bool = False) -> None:
         """Nothing of these bytes is pending any more: no schedule, no stream, no parts
-        of an interrupted upload, no journal row."""
+        of an interrupted upload, no journal row (unless `keep_row`)."""
         staged.uploaded = staged.generation
         self._due.pop(node, None)
         self._waiting.discard(node)
@@ -239,7 +246,8 @@ class Uploader:
         if staged.progress is not None:
             await self.remote.abort_upload(staged.progress.checkpoint)
             staged.progress = None
-        await self._unjournal(staged)
+        if not keep_row:
+            await self._unjournal(staged)
 
     async def upload(self, node: Node) -> None:
         staged = node.staged
@@ -258,13 +266,14 @@ class Uploader:
                 # an unmount cancels us now (the old object would stay as a duplicate).
                 with trio.CancelScope(shield=True):
                     await self._swap(node, new)
+                    if not node.attached:  # unlinked while it went up: it must not survive
+                        await self._delete(new.key)
                     if staged.dirty:  # rewritten meanwhile: the row replaces this one now
                         await self.record(node)
                     else:
                         await self._unjournal(staged)
-        if not node.attached and node.file is not None:
-            # unlinked while its upload ran: the object must not survive the unlink
-            await self._delete(node.file.key)
+        if not node.attached:
+            await self._unjournal(staged)  # the row kept by an unlink while it went up
         if not staged.dirty:
             self._due.pop(node, None)
             self._backoff.pop(node, None)
@@ -588,6 +597,9 @@ class Uploader:
                 " before its row could be removed leaves this, as does a cache emptied by hand)",
             )
             return True
+        if entry.unlinked:
+            await self._finish_unlink(entry, stat, listings)
+            return True
         size = stat.st_size
         if entry.size is not None and size < entry.size:
             # A crash of the machine lost written bytes before they reached the disk (or
@@ -635,6 +647,23 @@ class Uploader:
         if parent is not None:
             self.tree.expire(parent)  # show the resumed file
         return True
+
+    async def _finish_unlink(
+        self, entry: Entry, stat: os.stat_result, listings: dict[str, list[RemoteFile]]
+    ) -> None:
+        """A row of a file removed while its upload was under way, left by a crash: the
+        object that upload stored, if it did, is deleted (else the file came back)."""
+        shown = await self.tree.load_dir(entry.folder)
+        landed = await self._landed(
+            entry, stat, await self._files_in(entry.folder, shown, listings)
+        )
+        if landed is not None:
+            await self._delete(landed.key)
+            log.info("%s/%s, removed while it went up, is deleted", entry.folder, entry.name)
+            if shown is not None:
+                self.tree.expire(shown)  # listed with it
+        await trio.to_thread.run_sync(entry.staging.unlink)
+        await self.journaled(entry.name, self.journal.remove, entry.id)
 
     async def _files_in(
         self, folder: str, shown: Node | None, listings: dict[str, list[RemoteFile]]
