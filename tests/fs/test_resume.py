@@ -495,6 +495,43 @@ async def test_a_file_removed_while_its_upload_goes_up_keeps_its_row_till_the_ob
     assert remote.files == {}
 
 
+async def test_a_file_removed_as_its_upload_lands_keeps_its_row_too(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """The unlink deletes the object shown when it began, the upload lands meanwhile and
+    is still being recorded when the unlink is done: the new object is still to be
+    deleted, and the row must say so until it is."""
+    remote.put("", "f", b"old")
+    cache = tmp_path / "cache"
+    stored, answered = gated(remote, "upload", done=True)
+    delete = remote.delete
+    gates = [trio.Event(), trio.Event()]  # the unlink's delete, then the upload's record's
+    turns = itertools.count()
+
+    async def in_turn(key: str) -> None:
+        await gates[min(next(turns), 1)].wait()
+        await delete(key)
+
+    remote.delete = in_turn  # type: ignore[method-assign]
+    async with mounted_ops(remote, cache, write_back=0.0) as fs:
+        await fs.write_file("f", b"new")
+        await stored.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.ops.unlink, pyfuse3.ROOT_INODE, b"f", CTX)
+            await trio.testing.wait_all_tasks_blocked()
+            answered.set()  # it lands: its record deletes the old object, waiting
+            await trio.testing.wait_all_tasks_blocked()
+            gates[0].set()  # the unlink goes on, and ends
+            await trio.testing.wait_all_tasks_blocked()
+            try:
+                assert journaled(cache) == ["f"]
+            finally:
+                gates[1].set()
+        assert await fs.ops.uploader.drain() == 0
+    assert remote.files == {}
+    assert journaled(cache) == []
+
+
 async def test_an_object_stored_for_a_file_removed_meanwhile_goes_after_a_crash(
     remote: MemRemote, tmp_path: Path
 ) -> None:

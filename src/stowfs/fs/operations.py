@@ -582,8 +582,12 @@ class Operations(pyfuse3.Operations):
         await self._remove_file(node)
 
     async def _remove_file(self, node: Node) -> None:
-        if node.file is not None:
+        gone: set[str] = set()
+        # An upload landing while a delete goes makes another object of the file: it goes
+        # too. Once detached (no wait between), an upload landing deletes its own.
+        while node.file is not None and node.file.key not in gone:
             key = node.file.key
+            gone.add(key)
             self.tree.deleted(key)  # a listing asked while the delete goes must not show it
             if self.caps.delete:
                 try:
@@ -593,9 +597,9 @@ class Operations(pyfuse3.Operations):
                     self.tree.kept(key)
                     raise
             if not self.caps.list:  # a drop folder forgets it (the remote may keep it)
-                await self.uploader.journaled(node.name, self.journal.remove_drop, node.file.key)
-        await self.uploader.cancel(node)
+                await self.uploader.journaled(node.name, self.journal.remove_drop, key)
         self.tree.detach(node)
+        await self.uploader.cancel(node)
 
     @handler
     async def rename(

@@ -231,7 +231,8 @@ class Uploader:
         staged = node.staged
         if staged is None:
             return
-        keep_row = staged.uploading and staged.journal_id is not None
+        # (the lock is held from the upload's start to its record, the object stored)
+        keep_row = staged.lock.locked() and staged.journal_id is not None
         if keep_row:
             await self.journaled(node.name, self.journal.unlinked, staged.journal_id)
         await self._drop(node, staged, keep_row=keep_row)
