@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.livesrv import stop_process, stowfs_cmd
 
@@ -172,3 +173,15 @@ def new_mount(tmp: Path, base_url: str, key: str, *args: str) -> Mount:
     key_file = tmp / "key"
     key_file.write_text(key)
     return Mount(path, tmp / "cache", tmp / "mount.log", base_url, key, key_file, args)
+
+
+def xattr_dir(path: Path) -> Path:
+    """A new local folder whose files take user xattrs; skips the test where the disk
+    has none."""
+    path.mkdir()
+    try:
+        os.setxattr(path, "user.probe", b"1")
+    except OSError:
+        pytest.skip("no user xattrs on the local disk")
+    os.removexattr(path, "user.probe")
+    return path

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from stowfs.remote.upload import GROWING_PART
-from tests.fs.mountfix import Mount, new_mount, wait_for
+from tests.fs.mountfix import Mount, new_mount, wait_for, xattr_dir
 from tests.livesrv import LiveServer, stowfs_cmd
 
 MiB = 1024 * 1024
@@ -231,12 +231,7 @@ def test_tools_that_copy_xattrs(mount: Mount, tmp_path: Path) -> None:
     """They write back every xattr they find (facts included) or remove those the
     source lacks: the facts take it without effect, the metadata goes across."""
     mnt = mount.path
-    local = tmp_path / "local"
-    local.mkdir()
-    try:
-        os.setxattr(local, "user.probe", b"1")
-    except OSError:
-        pytest.skip("no user xattrs on the local disk")
+    local = xattr_dir(tmp_path / "local")
     upload(mount, "", "gen.png", b"png", {"prompt": "a red fox", "seed": 7})
     sh("cp", "--preserve=xattr", mnt / "gen.png", local / "gen.png")
     assert os.getxattr(local / "gen.png", "user.stowfs.key")  # another object's facts

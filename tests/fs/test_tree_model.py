@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.fs.mountfix import Mount, new_mount
+from tests.fs.mountfix import Mount, new_mount, xattr_dir
 from tests.livesrv import LiveServer
 
 NAMES = ("a", "b", "c.txt", "d.txt")
@@ -138,13 +138,7 @@ def test_random_work_on_a_tree_matches_a_reference(
     live_server: LiveServer, tmp_path: Path, seed: int, extra: tuple[str, ...]
 ) -> None:
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    try:
-        os.setxattr(ref, "user.probe", b"1")
-    except OSError:
-        pytest.skip("no user xattrs on the local disk")
-    os.removexattr(ref, "user.probe")
+    ref = xattr_dir(tmp_path / "ref")
     m.start(*extra)
     model = Model(random.Random(seed), m, ref)
     try:
