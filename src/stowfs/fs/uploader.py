@@ -257,15 +257,17 @@ class Uploader:
             while staged.dirty and node.attached:
                 generation = staged.generation
                 folder, name = self.tree.location(node)
-                staged.uploading = True
-                try:
-                    new = await self._send(staged, folder, name)
-                finally:
-                    staged.uploading = False
-                staged.uploaded = generation
-                # Landed: the tree, the replaced object and the journal must agree, even if
-                # an unmount cancels us now (the old object would stay as a duplicate).
+                # Not cut short by an unmount (its drain waits for it): the server may
+                # have stored the bytes unbeknown, and the drain would send them again
+                # beside them; once stored, the tree, the replaced object and the journal
+                # must agree (the old object would stay as a duplicate).
                 with trio.CancelScope(shield=True):
+                    staged.uploading = True
+                    try:
+                        new = await self._send(staged, folder, name)
+                    finally:
+                        staged.uploading = False
+                    staged.uploaded = generation
                     await self._swap(node, new)
                     if not node.attached:  # unlinked while it went up: it must not survive
                         await self._delete(new.key)
@@ -352,12 +354,9 @@ class Uploader:
         public: Callable[[], bool | None],
     ) -> RemoteFile:
         """A stored object's metadata brought to `wanted()`, then its visibility to
-        `public()`. Not cut short by an unmount: the caller would not learn of the object,
-        and the drain would send its bytes again beside it."""
-        with trio.CancelScope(shield=True):
-            new = await self._patch_since(new, sent, wanted)
-            new = await self._make_public(new, public)
-        return new  # noqa: RET504 (returned from the scope, mypy would see a fall-through)
+        `public()`."""
+        new = await self._patch_since(new, sent, wanted)
+        return await self._make_public(new, public)
 
     async def _make_public(self, new: RemoteFile, public: Callable[[], bool | None]) -> RemoteFile:
         wanted = public()
@@ -502,11 +501,7 @@ class Uploader:
                         # send it all again: it goes when the last writer closes.
                         self._waiting.add(node)
                     else:
-                        # An unmount lets it end (the drain waits for it): cut short,
-                        # the server may have stored it unbeknown, and the drain would
-                        # send it again beside it.
-                        with trio.CancelScope(shield=True):
-                            await self._attempt(node)
+                        await self._attempt(node)
         except REFUSED:
             pass  # dropped: retrying would never do
         except (StowfsError, OSError) as exc:
@@ -530,7 +525,7 @@ class Uploader:
         async with self.resuming:
             listings: dict[str, list[RemoteFile]] = {}  # folder -> its files, once a pass
             for _ in range(len(self._orphans)):
-                # As an upload under way (_background): an unmount lets it end.
+                # As an upload under way (`upload`): an unmount lets it end.
                 with trio.CancelScope(shield=True):
                     outcome = await self._try_resume(self._orphans[0], listings, send)
                 if outcome == "down":
@@ -614,8 +609,7 @@ class Uploader:
                 kept,
             )
             return True
-        folder = await self.tree.load_dir(entry.folder)
-        new = await self._landed(entry, stat, await self._files_in(entry.folder, folder, listings))
+        folder, new = await self._landed(entry, stat, listings)
         if new is not None:
             log.info("upload of %s/%s had landed before the mount ended", entry.folder, entry.name)
             new = await self._bring_to(new, {}, lambda: entry.metadata, lambda: entry.public)
@@ -654,10 +648,7 @@ class Uploader:
     ) -> None:
         """A row of a file removed while its upload was under way, left by a crash: the
         object that upload stored, if it did, is deleted (else the file came back)."""
-        shown = await self.tree.load_dir(entry.folder)
-        landed = await self._landed(
-            entry, stat, await self._files_in(entry.folder, shown, listings)
-        )
+        shown, landed = await self._landed(entry, stat, listings)
         if landed is not None:
             await self._delete(landed.key)
             log.info("%s/%s, removed while it went up, is deleted", entry.folder, entry.name)
@@ -710,23 +701,25 @@ class Uploader:
         return True
 
     async def _landed(
-        self, entry: Entry, stat: os.stat_result, files: list[RemoteFile]
-    ) -> RemoteFile | None:
-        """The object an earlier mount's upload made, if it landed and that mount ended
+        self, entry: Entry, stat: os.stat_result, listings: dict[str, list[RemoteFile]]
+    ) -> tuple[Node | None, RemoteFile | None]:
+        """The directory of the row's folder (listed, if below the mount's root), and
+        the object an earlier mount's upload made, if it landed and that mount ended
         before its row went (a crash, a kill -9): uploading it again would show the file
         twice. Known by name, size and MD5, and made after its bytes were written."""
+        shown = await self.tree.load_dir(entry.folder)
         alike = [
             f
-            for f in files
+            for f in await self._files_in(entry.folder, shown, listings)
             if f.name == entry.name
             and f.key != entry.replaces
             and f.size == stat.st_size
             and f.created_at >= stat.st_mtime - CLOCK_SKEW
         ]
         if not alike:
-            return None
+            return shown, None
         md5 = await md5_file(entry.staging)
-        return next((f for f in alike if f.checksum == md5), None)
+        return shown, next((f for f in alike if f.checksum == md5), None)
 
     # -- shutdown ----------------------------------------------------------------------
     def pending_nodes(self) -> list[Node]:
