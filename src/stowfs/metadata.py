@@ -23,17 +23,26 @@ def fits(kind: str, array: bool, value: Any) -> bool:
         case "boolean":
             return isinstance(value, bool)
         case "date":
-            return isinstance(value, str) and is_date(value)
+            return isinstance(value, str) and _is_date(value)
     return True
 
 
-def is_date(text: str) -> bool:
-    """ISO 8601, a date or a date and time (a trailing Z is UTC)."""
+def type_name(kind: str, array: bool) -> str:
+    """How a refusal names the type a field takes."""
+    return f"{kind} array" if array else kind
+
+
+def iso_datetime(text: str) -> datetime:
+    """An ISO 8601 date, or date and time (a trailing Z is UTC); ValueError if not."""
     text = text.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
+    return datetime.fromisoformat(text)
+
+
+def _is_date(text: str) -> bool:
     try:
-        datetime.fromisoformat(text)
+        iso_datetime(text)
     except ValueError:
         return False
     return True

@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS drops (
 """
 
 
+ADDED_COLUMNS = (
+    ("resume", "TEXT"),
+    ("public", "INTEGER"),
+    ("size", "INTEGER"),
+    ("unlinked", "INTEGER"),
+)
+
+
 class JournalError(OSError):
     """A journal write failed: ENOSPC when the disk is full, else EIO."""
 
@@ -116,8 +124,7 @@ class Journal:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(uploads)")}
-        added = (("resume", "TEXT"), ("public", "INTEGER"), ("size", "INTEGER"))
-        for name, kind in (*added, ("unlinked", "INTEGER")):
+        for name, kind in ADDED_COLUMNS:
             if name not in columns:
                 self._conn.execute(f"ALTER TABLE uploads ADD COLUMN {name} {kind}")
         self._lock = threading.Lock()

@@ -23,6 +23,7 @@ import pyfuse3
 import trio
 
 from ..errors import Conflict, InvalidRequest, NotFound, StowfsError, Unavailable
+from ..metadata import type_name
 from ..remote.base import FieldInfo, Remote, RemoteFile, Usage
 from . import xattrs
 from .blockcache import BlockCache
@@ -945,7 +946,7 @@ class Operations(pyfuse3.Operations):
             field = self._fields.get(key)
             if field is not None and not field.accepts(value):
                 # As a PATCH would be: sent with the bytes, it would refuse their upload.
-                kind = f"{field.type} array" if field.array else field.type
+                kind = type_name(field.type, field.array)
                 what = f"takes values of type {kind}" if field.writable else "is the service's"
                 raise InvalidRequest(f"{node.name}: the metadata field {key!r} {what}")
             staged.metadata = merged  # goes up with the pending upload

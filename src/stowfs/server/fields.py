@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..metadata import fits
+from ..metadata import fits, type_name
 from .config import METADATA_MAX_BYTES
 from .errors import APIError, bad_request
 from .timeutil import normalize_iso
@@ -140,7 +140,7 @@ def validate_metadata(metadata: dict[str, Any]) -> None:
             raise bad_request(f"invalid metadata key {key!r}", code="INVALID_METADATA")
         field = FIELDS.get(key)
         if field is not None and value is not None and not fits(field.type, field.array, value):
-            kind = f"{field.type} array" if field.array else field.type
+            kind = type_name(field.type, field.array)
             raise bad_request(
                 f"metadata field {key!r} must be of type {kind}",
                 code="INVALID_METADATA",

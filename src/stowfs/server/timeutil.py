@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from ..metadata import iso_datetime
+
 
 @lru_cache(maxsize=256)  # the records of a page share their URLs' expiry
 def iso(ts: float) -> str:
@@ -13,10 +15,7 @@ def iso(ts: float) -> str:
 
 def parse_iso(value: str) -> float:
     """Parse an ISO 8601 date or datetime; naive values are UTC. Raises ValueError."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    dt = datetime.fromisoformat(text)
+    dt = iso_datetime(value)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
