@@ -31,6 +31,7 @@ from stowfs.remote.base import (
     ChangeBatch,
     CheckpointHook,
     FieldInfo,
+    KeyHook,
     ProgressHook,
     Remote,
     RemoteFile,
@@ -105,16 +106,25 @@ class MemRemote(Remote):
         for i in range(1, len(parts) + 1):
             self.folders.add("/".join(parts[:i]))
 
+    def new_key(self, folder: str, name: str) -> str:
+        ms = int(self._now() * 1000)
+        return f"{folder}/{ms}_{name}" if folder else f"{ms}_{name}"
+
     def put(
-        self, folder: str, name: str, data: bytes, metadata: Mapping[str, Any] | None = None
+        self,
+        folder: str,
+        name: str,
+        data: bytes,
+        metadata: Mapping[str, Any] | None = None,
+        key: str | None = None,
     ) -> RemoteFile:
-        """Store an object directly (as another client would)."""
+        """Store an object directly (as another client would), under `key` if given."""
         if self.limit_bytes is not None and self.used() + len(data) > self.limit_bytes:
             raise QuotaExceeded("quota", status=507)
         if self.max_file_size is not None and len(data) > self.max_file_size:
             raise TooLarge("file too large", status=413)
+        key = key or self.new_key(folder, name)
         now = self._now()
-        key = f"{folder}/{int(now * 1000)}_{name}" if folder else f"{int(now * 1000)}_{name}"
         f = RemoteFile(
             key=key,
             folder=folder,
@@ -205,10 +215,14 @@ class MemRemote(Remote):
         checkpoint: UploadCheckpoint | None = None,
         on_checkpoint: CheckpointHook | None = None,
         progress: ProgressHook | None = None,
+        on_key: KeyHook | None = None,
     ) -> RemoteFile:
         self._enter("upload")
         self.uploaded_at[name] = trio.current_time()
-        return self.put(folder, name, source.read_bytes(), metadata)  # noqa: ASYNC240
+        key = self.new_key(folder, name)
+        if on_key is not None:
+            await on_key(key)
+        return self.put(folder, name, source.read_bytes(), metadata, key)  # noqa: ASYNC240
 
     async def patch_metadata(self, key: str, patch: Mapping[str, Any]) -> RemoteFile:
         self._enter("patch_metadata")
@@ -246,9 +260,8 @@ class MemRemote(Remote):
     async def move(self, file: RemoteFile, folder: str, name: str) -> RemoteFile:
         self._enter("move")
         old = self._get(file.key)
-        now = self._now()
-        key = f"{folder}/{int(now * 1000)}_{name}" if folder else f"{int(now * 1000)}_{name}"
-        new = replace(old, key=key, folder=folder, name=name, updated_at=now)
+        key = self.new_key(folder, name)
+        new = replace(old, key=key, folder=folder, name=name, updated_at=self._now())
         del self.files[old.key]
         self.files[key] = new
         self.blobs[key] = self.blobs.pop(old.key)

@@ -217,3 +217,31 @@ def test_a_folder_rename_refused_halfway_is_put_back(
             assert [(m.path / "x" / n).read_bytes() for n in "123"] == [b"1", b"2", b"3"]
         finally:
             m.unmount()
+
+
+def test_kill9_while_the_answer_to_an_upload_of_a_file_changed_since_is_on_its_way(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """The service stores an upload, its answer is slow, the file grows meanwhile, and the
+    mount is killed: the next mount deletes that older version and sends the newer, so
+    the file is on the server once, with its last bytes (it was there twice: the older
+    object could not be told by its bytes)."""
+    port = urlsplit(live_server.base_url).port
+    assert port is not None
+    with proxy_in_thread(FaultProxy(port)) as proxy:
+        m = new_mount(tmp_path, proxy.base_url(), live_server.new_key())
+        m.start("--write-back", "0")
+        try:
+            slow = proxy.add("delay", "/v1/upload", method="POST", delay=60)
+            (m.path / "f").write_bytes(b"first")
+            wait_for(lambda: len(m.remote_files()) == 1, 20, "the first upload stored")
+            with open(m.path / "f", "ab") as f:
+                f.write(b" and more")
+            m.kill9()
+            assert slow.times == 0  # (its answer never came)
+            m.start()
+            whole = [b"first and more"]
+            wait_for(lambda: [m.remote_bytes(f) for f in m.remote_files()] == whole, 20, "f")
+            assert (m.path / "f").read_bytes() == whole[0]
+        finally:
+            m.unmount()

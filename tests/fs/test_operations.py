@@ -792,12 +792,17 @@ class SchemaRemote(MemRemote):
         return [*self.FIELDS, *self.READ_ONLY]
 
     def put(
-        self, folder: str, name: str, data: bytes, metadata: Mapping[str, Any] | None = None
+        self,
+        folder: str,
+        name: str,
+        data: bytes,
+        metadata: Mapping[str, Any] | None = None,
+        key: str | None = None,
     ) -> RemoteFile:
         fields = {f.name: f for f in (*self.FIELDS, *self.READ_ONLY)}
         if any(k in fields and not fields[k].accepts(v) for k, v in (metadata or {}).items()):
             raise InvalidRequest("metadata refused", status=400)
-        return super().put(folder, name, data, metadata)
+        return super().put(folder, name, data, metadata, key)
 
 
 async def test_a_value_of_the_wrong_type_on_a_file_not_uploaded_yet_is_refused_at_once(
@@ -1650,7 +1655,7 @@ class PartsRemote(MemRemote):
         if checkpoint is not None:
             metadata = self.begun[checkpoint.upload_id]
             self.completed_md5.append(checkpoint.md5)
-        return await super().upload(source, folder, name, metadata)
+        return await super().upload(source, folder, name, metadata, on_key=kw.get("on_key"))
 
     async def upload_part(self, checkpoint: UploadCheckpoint, number: int, source: Path) -> None:
         self._enter("upload_part")

@@ -20,7 +20,13 @@ import trio.testing
 
 from stowfs.errors import Unavailable
 from stowfs.fs.journal import Journal, Progress
-from stowfs.remote.base import CheckpointHook, ProgressHook, RemoteFile, UploadCheckpoint
+from stowfs.remote.base import (
+    CheckpointHook,
+    KeyHook,
+    ProgressHook,
+    RemoteFile,
+    UploadCheckpoint,
+)
 from tests.fs.harness import CTX, FS, gated, left_pending, mounted_ops, open_once_all_wait
 from tests.fs.memremote import CAPS, MemRemote
 
@@ -70,10 +76,11 @@ class ResumableRemote(MemRemote):
         checkpoint: UploadCheckpoint | None = None,
         on_checkpoint: CheckpointHook | None = None,
         progress: ProgressHook | None = None,
+        on_key: KeyHook | None = None,
     ) -> RemoteFile:
         data = source.read_bytes()  # noqa: ASYNC240
         if len(data) <= 64 * 1024 and checkpoint is None:
-            return await super().upload(source, folder, name, metadata)
+            return await super().upload(source, folder, name, metadata, on_key=on_key)
         self._enter("upload")
         cp = checkpoint
         mtime_ns = source.stat().st_mtime_ns  # noqa: ASYNC240
@@ -88,13 +95,16 @@ class ResumableRemote(MemRemote):
             self.begun[cp.upload_id] = dict(metadata or {})
             if on_checkpoint is not None:
                 await on_checkpoint(cp)
+        key = self.new_key(folder, name)
+        if on_key is not None:
+            await on_key(key)
         for n in range(1, -(-len(data) // PART) + 1):
             if n in cp.parts:
                 continue
             self._send_part(cp, n)
             if on_checkpoint is not None:
                 await on_checkpoint(cp)
-        return self.put(folder, name, data, self.begun.pop(cp.upload_id))
+        return self.put(folder, name, data, self.begun.pop(cp.upload_id), key)
 
     async def abort_upload(self, checkpoint: UploadCheckpoint) -> None:
         self.aborted.append(checkpoint.upload_id)
@@ -639,3 +649,100 @@ async def test_fsync_of_a_file_kept_for_write_back_reaches_the_disk(
         assert remote.blobs[stored(remote, "g").key] == b"up"
         assert synced == []  # nothing kept here to sync
         await fs.close(fh)
+
+
+def sending(cache: Path) -> list[str | None]:
+    """The key each journaled upload names as the one its upload under way may store."""
+    journal = Journal(cache / "journal.db")
+    try:
+        return [entry.sending for entry in journal.pending()]
+    finally:
+        journal.close()
+
+
+async def test_a_change_while_an_upload_goes_journals_the_object_it_may_store(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """The upload may still store the bytes it began with, which are no longer the row's:
+    after a crash, the next mount could not tell that object from another file of the
+    name by its bytes. The row names it before the bytes change."""
+    cache = tmp_path / "cache"
+    stored, answered = gated(remote, "upload", done=True)
+    async with mounted_ops(remote, cache, write_back=0.0) as fs:
+        await fs.write_file("f", b"one")
+        await stored.wait()  # the service has it; the answer is on its way
+        [first] = remote.by_path("f")
+        try:
+            assert sending(cache) == [None]  # (unchanged bytes: told apart by them)
+            await fs.write_file("f", b"two")
+            assert sending(cache) == [first.key]
+        finally:
+            answered.set()
+        assert await fs.ops.uploader.drain() == 0
+    [f] = remote.by_path("f")
+    assert remote.blobs[f.key] == b"two"
+    assert journaled(cache) == []
+
+
+async def test_a_change_before_the_service_names_the_object_journals_it_once_named(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """Changed while the upload still waits for its key: the row gets the key as soon as
+    the service names it, before it can store anything."""
+    cache = tmp_path / "cache"
+    entered, gate = gated(remote, "upload")  # waits before asking the service
+    seen: list[tuple[str | None, list[str | None]]] = []  # at each store: its key, the rows'
+    put = remote.put
+
+    def watched(
+        folder: str,
+        name: str,
+        data: bytes,
+        metadata: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> RemoteFile:
+        seen.append((key, sending(cache)))
+        return put(folder, name, data, metadata, key)
+
+    remote.put = watched  # type: ignore[method-assign]
+    async with mounted_ops(remote, cache, write_back=0.0) as fs:
+        await fs.write_file("f", b"one")
+        await entered.wait()
+        await fs.write_file("f", b"two")
+        gate.set()
+        assert await fs.ops.uploader.drain() == 0
+    first_key, rows = seen[0]
+    assert first_key is not None
+    assert rows == [first_key]
+    [f] = remote.by_path("f")
+    assert remote.blobs[f.key] == b"two"
+
+
+@pytest.mark.parametrize("unlinked", [False, True], ids=["changed", "changed-then-removed"])
+async def test_an_older_version_an_upload_stored_before_a_crash_goes(
+    remote: MemRemote, tmp_path: Path, unlinked: bool
+) -> None:
+    """What a crash leaves after a file changed while its upload went: the row names the
+    object that upload stored, of older bytes. The next mount deletes it; it showed as a
+    second file of the name (or brought back a file removed since)."""
+    shown = None if unlinked else remote.put("", "f", b"v0")  # the file the mount showed
+    older = remote.put("", "f", b"v1, longer")  # stored by the upload under way
+    staging = tmp_path / "cache" / "staging" / "f-v2"
+    staging.parent.mkdir(parents=True)
+    staging.write_bytes(b"v2")
+    journal = Journal(tmp_path / "cache" / "journal.db")
+    entry = journal.record(None, staging, "", "f", shown.key if shown else None, {}, size=2)
+    journal.sending(entry, older.key)
+    if unlinked:
+        journal.unlinked(entry)
+    journal.close()
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        assert older.key not in remote.files
+        if unlinked:
+            assert await fs.listdir() == []
+        else:
+            assert await fs.listdir() == ["f"]
+            assert await fs.read_file("f") == b"v2"
+        assert await fs.ops.uploader.drain() == 0
+    assert [remote.blobs[f.key] for f in remote.by_path("f")] == ([] if unlinked else [b"v2"])
+    assert journaled(tmp_path / "cache") == []

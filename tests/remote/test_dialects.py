@@ -161,3 +161,27 @@ async def test_upload_of_a_grown_file_that_shrank_starts_over(
     assert file.size == len(data)
     assert file.checksum == hashlib.md5(data).hexdigest()
     assert [f.key for f in await client.list_folder(folder)] == [file.key]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "size"),
+    [("storage", 5000), ("presign", 5000), ("presign", 11 * MiB + 5)],
+    ids=["storage", "presign", "presign-multipart"],
+)
+async def test_an_upload_names_its_object_before_the_bytes_go(
+    open_client: Open, folder: str, make_file: MakeFile, dialect: str, size: int
+) -> None:
+    """`on_key` gets the key while no object has it yet: a caller that dies before the
+    answer can still tell the object later (the mount journals it)."""
+    client = await open_client(dialect, tuning=SMALL_PARTS)
+    storage = await open_client()
+    named: list[str] = []
+
+    async def on_key(key: str) -> None:
+        with pytest.raises(errors.NotFound):
+            await storage.stat(key)
+        named.append(key)
+
+    file = await client.upload(make_file(size), folder, "k.bin", on_key=on_key)
+    assert named == [file.key]
+    assert (await storage.stat(file.key)).size == size

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # lost bytes that never reached the disk (NULL: a row of a version before the column).
 # uploads.unlinked: 1 when the file was removed while its upload was under way: the row
 # stays until the object that upload may make is deleted (after a crash: by the next mount).
+# uploads.sending: the key of the object an upload under way may store, once the staged
+# bytes changed since it began: after a crash, the next mount knows that object for an
+# older state of this file (it cannot tell it by its bytes), not another file of the name.
 # Journals written before these columns had none: they are added on open.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -44,7 +47,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     resume TEXT,
     public INTEGER,
     size INTEGER,
-    unlinked INTEGER
+    unlinked INTEGER,
+    sending TEXT
 );
 CREATE TABLE IF NOT EXISTS drops (
     key TEXT PRIMARY KEY,
@@ -58,6 +62,7 @@ ADDED_COLUMNS = (
     ("public", "INTEGER"),
     ("size", "INTEGER"),
     ("unlinked", "INTEGER"),
+    ("sending", "TEXT"),
 )
 
 
@@ -114,6 +119,7 @@ class Entry:
     public: bool | None = None
     size: int | None = None
     unlinked: bool = False
+    sending: str | None = None
 
 
 class Journal:
@@ -174,6 +180,10 @@ class Journal:
                 "UPDATE uploads SET resume=? WHERE id=?", (progress.to_json(), entry_id)
             )
 
+    def sending(self, entry_id: int, key: str) -> None:
+        with self._lock, _writing():
+            self._conn.execute("UPDATE uploads SET sending=? WHERE id=?", (key, entry_id))
+
     def unlinked(self, entry_id: int) -> None:
         with self._lock, _writing():
             self._conn.execute("UPDATE uploads SET unlinked=1 WHERE id=?", (entry_id,))
@@ -187,7 +197,7 @@ class Journal:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT id, staging, folder, name, replaces, metadata, resume, public, size,"
-                " unlinked FROM uploads ORDER BY id"
+                " unlinked, sending FROM uploads ORDER BY id"
             ).fetchall()
         return [
             Entry(
@@ -201,6 +211,7 @@ class Journal:
                 None if r[7] is None else bool(r[7]),
                 r[8],
                 bool(r[9]),
+                r[10],
             )
             for r in rows
         ]

@@ -303,6 +303,7 @@ class Operations(pyfuse3.Operations):
         node.opens += 1  # open meanwhile: an upload landing now keeps the staging file
         try:
             staged = await self._stage(node, keep=size)
+            await self.uploader.changing(staged)
             await staged.truncate(size)
             staged.touch(time.time())
         finally:
@@ -528,6 +529,7 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.EBADF)
         self._check_size(off + len(buf))
         staged = await self._stage(handle.node)
+        await self.uploader.changing(staged)
         n = await self._write_staged(staged, off, buf)
         staged.touch(time.time())
         self.uploader.wrote(handle.node)

@@ -37,6 +37,9 @@ class Staged:
         self.progress: Progress | None = None  # an upload under way a failure interrupted
         self.public: bool | None = None  # the visibility to give the upload (None: default)
         self.uploading = False
+        # The key of the object the upload under way may store, until it is journaled
+        # (`Uploader.changing`); None once it is, or while the service has not named it.
+        self.sending: str | None = None
         self.lock = trio.Lock()  # one upload at a time
         self.journaling = trio.Lock()  # the journal row: one record or removal at a time
         # While every write has appended at the end (as cp does): the MD5 of bytes

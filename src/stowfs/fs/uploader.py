@@ -34,7 +34,7 @@ from ..errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from ..remote.base import Remote, RemoteFile, UploadCheckpoint
+from ..remote.base import KeyHook, Remote, RemoteFile, UploadCheckpoint
 from . import staging
 from .journal import Entry, Journal, JournalError, Progress
 from .staging import Spawn, Staged
@@ -137,6 +137,20 @@ class Uploader:
                 return False
             staged.journal_id = entry_id
             return True
+
+    async def changing(self, staged: Staged) -> None:
+        """Before the staged bytes change: the upload of them under way may still store
+        the bytes it began with, an object the next mount, after a crash, could not
+        tell by its bytes from another file of that name. Its key goes to the journal
+        row first (once an upload)."""
+        if staged.sending is None:
+            return
+        async with staged.journaling:  # (a second writer waits for the row too)
+            key = staged.sending
+            if key is not None and staged.journal_id is not None:
+                await self.journaled(key, self.journal.sending, staged.journal_id, key)
+            if staged.sending == key:
+                staged.sending = None
 
     async def _unjournal(self, staged: Staged) -> None:
         """Remove the row once nothing is pending: a change made meanwhile keeps it. A row
@@ -267,6 +281,7 @@ class Uploader:
                         new = await self._send(staged, folder, name)
                     finally:
                         staged.uploading = False
+                        staged.sending = None
                     staged.uploaded = generation
                     await self._swap(node, new)
                     if not node.attached:  # unlinked while it went up: it must not survive
@@ -289,6 +304,13 @@ class Uploader:
         """Upload the staged bytes, completing the stream begun while they were written
         or an upload a failure interrupted."""
         metadata = self.metadata_of(staged)
+        generation = staged.generation
+
+        async def named(key: str) -> None:
+            staged.sending = key
+            if staged.generation != generation:  # changed before the key was known
+                await self.changing(staged)
+
         stream = await self.streamer.finish(staged, folder, name)
         if stream is not None and stream.checkpoint is not None:
             staged.progress = Progress(folder, name, stream.metadata, stream.checkpoint)
@@ -307,6 +329,7 @@ class Uploader:
             remember,
             lambda: self.metadata_of(staged),
             lambda: staged.public,
+            named,
         )
         staged.progress = None
         return new
@@ -322,6 +345,7 @@ class Uploader:
         remember: Callable[[Progress], None],
         wanted: Callable[[], dict[str, Any]],
         public: Callable[[], bool | None],
+        on_key: KeyHook | None = None,
     ) -> RemoteFile:
         """Upload `source`, resuming the upload under way (`begun`) if it goes to this
         very place (the remote starts over if the bytes changed since); its progress is
@@ -341,7 +365,13 @@ class Uploader:
                 await self.journaled(name, self.journal.save_progress, entry_id, progress)
 
         new = await self.remote.upload(
-            source, folder, name, metadata, checkpoint=checkpoint, on_checkpoint=on_checkpoint
+            source,
+            folder,
+            name,
+            metadata,
+            checkpoint=checkpoint,
+            on_checkpoint=on_checkpoint,
+            on_key=on_key,
         )
         sent = {**(begun.begun_with if begun is not None else {}), **metadata}
         return await self._bring_to(new, sent, wanted, public)
@@ -609,6 +639,7 @@ class Uploader:
                 kept,
             )
             return True
+        await self._superseded(entry, stat)
         folder, new = await self._landed(entry, stat, listings)
         if new is not None:
             log.info("upload of %s/%s had landed before the mount ended", entry.folder, entry.name)
@@ -648,6 +679,7 @@ class Uploader:
     ) -> None:
         """A row of a file removed while its upload was under way, left by a crash: the
         object that upload stored, if it did, is deleted (else the file came back)."""
+        await self._superseded(entry, stat)
         shown, landed = await self._landed(entry, stat, listings)
         if landed is not None:
             await self._delete(landed.key)
@@ -656,6 +688,22 @@ class Uploader:
                 self.tree.expire(shown)  # listed with it
         await trio.to_thread.run_sync(entry.staging.unlink)
         await self.journaled(entry.name, self.journal.remove, entry.id)
+
+    async def _superseded(self, entry: Entry, stat: os.stat_result) -> None:
+        """Delete the object that an upload under way at the crash may have stored of an
+        older state of the row's file (changed while it went): kept, it would show as a
+        second file of the name. One of the row's very bytes is left to `_landed`."""
+        key = entry.sending
+        if key is None or key == entry.replaces or not self.remote.capabilities.list:
+            return  # (a drop folder shows only what its record holds)
+        try:
+            file = await self.remote.stat(key)
+        except NotFound:
+            return
+        if file.size == stat.st_size and file.checksum == await md5_file(entry.staging):
+            return
+        await self._delete(key)
+        log.info("%s/%s: an older version an upload stored is deleted", entry.folder, entry.name)
 
     async def _files_in(
         self, folder: str, shown: Node | None, listings: dict[str, list[RemoteFile]]

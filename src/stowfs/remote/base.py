@@ -178,6 +178,7 @@ class UploadCheckpoint:
 
 
 CheckpointHook = Callable[[UploadCheckpoint], Awaitable[None]]
+KeyHook = Callable[[str], Awaitable[None]]  # the key an upload's object will have
 ProgressHook = Callable[[int], None]  # bytes just transferred
 
 
@@ -236,11 +237,14 @@ class Remote(abc.ABC):
         checkpoint: UploadCheckpoint | None = None,
         on_checkpoint: CheckpointHook | None = None,
         progress: ProgressHook | None = None,
+        on_key: KeyHook | None = None,
     ) -> RemoteFile:
         """Upload a local file as a NEW object (the old one, if any, stays until the
         caller deletes it). Single request up to `single_upload_max`, else multipart
         with parallel parts, resumable via `checkpoint`. The checksum is verified.
-        A retried upload never leaves two objects."""
+        A retried upload never leaves two objects. `on_key` gets the new object's key
+        before the bytes go, where the service names it then (not the images dialect):
+        a caller that dies before the answer can still tell that object later."""
 
     async def begin_upload(
         self, folder: str, name: str, metadata: Mapping[str, Any] | None = None

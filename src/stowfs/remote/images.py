@@ -14,7 +14,7 @@ import trio
 
 from .. import errors
 from . import records
-from .base import CheckpointHook, ProgressHook, RemoteFile, UploadCheckpoint
+from .base import CheckpointHook, KeyHook, ProgressHook, RemoteFile, UploadCheckpoint
 from .common import HttpRemote
 from .transport import OutcomeUnknown, document
 from .upload import etag_md5, form_body
@@ -65,6 +65,7 @@ class ImagesRemote(HttpRemote):
         checkpoint: UploadCheckpoint | None = None,
         on_checkpoint: CheckpointHook | None = None,
         progress: ProgressHook | None = None,
+        on_key: KeyHook | None = None,
     ) -> RemoteFile:
         size, _ = await self._prepare(source, name)
         content_type = sniff_image(await trio.to_thread.run_sync(_head, source))

@@ -13,7 +13,7 @@ from typing import Any
 from .. import errors
 from ..checksum import md5_file
 from . import records
-from .base import CheckpointHook, ProgressHook, RemoteFile, UploadCheckpoint
+from .base import CheckpointHook, KeyHook, ProgressHook, RemoteFile, UploadCheckpoint
 from .capabilities import ServerInfo
 from .common import HttpRemote
 from .transport import Transport
@@ -53,11 +53,12 @@ class PresignRemote(HttpRemote):
         checkpoint: UploadCheckpoint | None = None,
         on_checkpoint: CheckpointHook | None = None,
         progress: ProgressHook | None = None,
+        on_key: KeyHook | None = None,
     ) -> RemoteFile:
         size, content_type = await self._prepare(source, name)
         target = NewObject(folder.strip("/"), name, content_type, metadata)
         if size <= self._single_max() and checkpoint is None:
-            done = await self._put(source, size, target, progress)
+            done = await self._put(source, size, target, progress, on_key)
         else:
             done = await self.multipart.upload(
                 source,
@@ -65,6 +66,7 @@ class PresignRemote(HttpRemote):
                 checkpoint=checkpoint,
                 on_checkpoint=on_checkpoint,
                 progress=progress,
+                on_key=on_key,
             )
             if not done.confirmed:
                 raise errors.Unavailable(
@@ -87,7 +89,12 @@ class PresignRemote(HttpRemote):
         )
 
     async def _put(
-        self, source: Path, size: int, target: NewObject, progress: ProgressHook | None
+        self,
+        source: Path,
+        size: int,
+        target: NewObject,
+        progress: ProgressHook | None,
+        on_key: KeyHook | None,
     ) -> Uploaded:
         request: dict[str, Any] = {
             "file_name": target.name,
@@ -98,6 +105,9 @@ class PresignRemote(HttpRemote):
         if target.metadata:
             request["metadata"] = dict(target.metadata)
         grant = await self.transport.call("POST", "files/presign", json=request, idempotent=True)
+        key = str(grant["file_key"])
+        if on_key is not None:
+            await on_key(key)
         headers = {str(k): str(v) for k, v in (grant.get("upload_headers") or {}).items()}
         headers.setdefault("Content-Length", str(size))
         body = FileSlice(source, 0, size, self.tuning.io_chunk, progress=progress)
@@ -112,8 +122,8 @@ class PresignRemote(HttpRemote):
         )
         if response.status_code == 412:
             log.info("upload of %s: the answer was lost but the object is there", target.name)
-            return Uploaded(str(grant["file_key"]), await md5_file(source), grant, True)
+            return Uploaded(key, await md5_file(source), grant, True)
         sent = etag_md5(response.headers.get("etag"))
         if sent is not None and body.md5 is not None and sent != body.md5:
             raise errors.ProtocolError(f"{target.name}: the service stored different bytes")
-        return Uploaded(str(grant["file_key"]), body.md5 or await md5_file(source), grant, True)
+        return Uploaded(key, body.md5 or await md5_file(source), grant, True)

@@ -21,6 +21,7 @@ from .base import (
     ChangeBatch,
     CheckpointHook,
     FieldInfo,
+    KeyHook,
     ProgressHook,
     RemoteFile,
     RemoteFolder,
@@ -151,12 +152,13 @@ class StorageRemote(HttpRemote):
         checkpoint: UploadCheckpoint | None = None,
         on_checkpoint: CheckpointHook | None = None,
         progress: ProgressHook | None = None,
+        on_key: KeyHook | None = None,
     ) -> RemoteFile:
         size, content_type = await self._prepare(source, name)
         target = NewObject(folder.strip("/"), name, content_type, metadata)
         # Without multipart, _prepare has checked that a single POST can take it.
         if self.multipart is None or (size <= self._single_max() and checkpoint is None):
-            done = await self._post(source, size, target, progress)
+            done = await self._post(source, size, target, progress, on_key)
         else:
             done = await self.multipart.upload(
                 source,
@@ -164,11 +166,17 @@ class StorageRemote(HttpRemote):
                 checkpoint=checkpoint,
                 on_checkpoint=on_checkpoint,
                 progress=progress,
+                on_key=on_key,
             )
         return await self._confirm(done, size)
 
     async def _post(
-        self, source: Path, size: int, target: NewObject, progress: ProgressHook | None
+        self,
+        source: Path,
+        size: int,
+        target: NewObject,
+        progress: ProgressHook | None,
+        on_key: KeyHook | None,
     ) -> Uploaded:
         """upload-url, then the presigned POST. A lost answer is settled by looking."""
         request: dict[str, Any] = {"filename": target.name, "folder": target.folder}
@@ -177,6 +185,8 @@ class StorageRemote(HttpRemote):
         # Repeating upload-url is harmless: an unused grant never becomes an object.
         grant = await self.transport.call("POST", "files/upload-url", json=request, idempotent=True)
         key = str(grant["object_key"])
+        if on_key is not None:
+            await on_key(key)
         fields = {str(k): str(v) for k, v in (grant.get("upload_fields") or {}).items()}
         content_type = fields.get("Content-Type", target.content_type)
         body, headers = form_body(

@@ -20,7 +20,7 @@ import trio
 from .. import errors
 from ..checksum import md5_file
 from ..tasks import open_nursery
-from .base import CheckpointHook, ProgressHook, UploadCheckpoint
+from .base import CheckpointHook, KeyHook, ProgressHook, UploadCheckpoint
 from .capabilities import ServerInfo
 from .transport import OutcomeUnknown, Transport, document
 from .tuning import MiB, Tuning, plan_parts
@@ -196,6 +196,7 @@ class Multipart:
         checkpoint: UploadCheckpoint | None,
         on_checkpoint: CheckpointHook | None,
         progress: ProgressHook | None,
+        on_key: KeyHook | None,
     ) -> Uploaded:
         stat = await trio.to_thread.run_sync(os.stat, source)
         size, mtime_ns = stat.st_size, stat.st_mtime_ns
@@ -216,6 +217,8 @@ class Multipart:
                 cp = await self._initiate(target, size, mtime_ns)
                 if on_checkpoint is not None:
                     await on_checkpoint(cp)
+            if on_key is not None and cp.key:  # (a service may name it only at completion)
+                await on_key(cp.key)
             try:
                 md5 = await self._send_parts(source, cp, on_checkpoint, progress)
                 return await self._complete(cp, md5)
