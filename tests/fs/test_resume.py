@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import itertools
 import logging
 import os
@@ -19,7 +20,7 @@ import trio
 import trio.testing
 
 from stowfs.errors import Unavailable
-from stowfs.fs.journal import Journal, Progress
+from stowfs.fs.journal import Journal, JournalError, Progress
 from stowfs.remote.base import (
     CheckpointHook,
     KeyHook,
@@ -746,3 +747,81 @@ async def test_an_older_version_an_upload_stored_before_a_crash_goes(
         assert await fs.ops.uploader.drain() == 0
     assert [remote.blobs[f.key] for f in remote.by_path("f")] == ([] if unlinked else [b"v2"])
     assert journaled(tmp_path / "cache") == []
+
+
+async def test_an_older_version_deleted_after_another_row_listed_its_folder_is_not_shown(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """Another row of the pass listed the folder first, with the older object in it: the
+    file showed that one (and read ESTALE once it was deleted), not its row's bytes."""
+    older = remote.put("", "a", b"v1, longer")
+    cache = tmp_path / "cache"
+    (cache / "staging").mkdir(parents=True)
+    journal = Journal(cache / "journal.db")
+    for name, data in (("b", b"bee"), ("a", b"v2")):  # b's row first
+        (cache / "staging" / name).write_bytes(data)
+        entry = journal.record(None, cache / "staging" / name, "", name, None, {}, size=len(data))
+    journal.sending(entry, older.key)
+    journal.close()
+    async with mounted_ops(remote, cache) as fs:
+        assert await fs.listdir() == ["a", "b"]
+        assert await fs.read_file("a") == b"v2"
+        assert await fs.ops.uploader.drain() == 0
+    stored = sorted((f.name, remote.blobs[f.key]) for f in remote.files.values())
+    assert stored == [("a", b"v2"), ("b", b"bee")]
+
+
+async def test_a_removed_file_s_staging_file_stays_while_its_row_does(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """Removed while its upload went, forgotten by the kernel as that upload lands: the
+    staging file went at once, while the row stayed until the object was deleted, so a
+    crash between left a row without its bytes (the next mount could not find the object
+    by them, and the removed file came back)."""
+    old = remote.put("", "f", b"old")
+    cache = tmp_path / "cache"
+    stored, answered = gated(remote, "upload", done=True)
+    async with mounted_ops(remote, cache, write_back=0.0) as fs:
+        await fs.write_file("f", b"new")
+        inode = (await fs.stat("f")).st_ino
+        await stored.wait()
+        await fs.ops.unlink(pyfuse3.ROOT_INODE, b"f", CTX)
+        entered, gate = gated(remote, "delete")  # the landed upload's delete of `old`
+        answered.set()
+        await entered.wait()
+        try:
+            node = fs.ops.tree.nodes[inode]
+            await fs.ops.forget([(inode, node.lookups)])
+            [entry] = Journal(cache / "journal.db").pending()
+            assert entry.unlinked
+            assert entry.staging.exists()
+        finally:
+            gate.set()
+        assert await fs.ops.uploader.drain() == 0
+    assert remote.files == {}
+    assert journaled(cache) == []
+    assert list((cache / "staging").iterdir()) == []
+    assert old.key not in remote.files
+
+
+async def test_a_row_that_cannot_be_removed_keeps_its_staging_file(
+    remote: MemRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row goes first, then its bytes: the staging file went first, and a row left
+    (a full disk, or a crash between) was taken by the next mount for bytes lost."""
+    staging = tmp_path / "cache" / "staging" / "f-bytes"
+    staging.parent.mkdir(parents=True)
+    staging.write_bytes(b"bytes")
+    journal = Journal(tmp_path / "cache" / "journal.db")
+    journal.unlinked(journal.record(None, staging, "", "f", None, {}, size=5))
+    journal.close()
+
+    def full(self: Journal, entry_id: int) -> int:
+        raise JournalError(errno.ENOSPC, "the upload journal: database or disk is full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Journal, "remove", full)
+        async with mounted_ops(remote, tmp_path / "cache"):
+            pass
+    assert journaled(tmp_path / "cache") == ["f"]
+    assert staging.exists()

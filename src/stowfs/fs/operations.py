@@ -567,7 +567,7 @@ class Operations(pyfuse3.Operations):
         if handle.writable:
             node.writers -= 1
             self.uploader.closed(node)
-        if node.opens == 0 and node.staged is not None and not node.staged.pending:
+        if node.opens == 0 and node.staged is not None and not node.staged.kept:
             node.staged.discard()  # its bytes are on the remote now
             node.staged = None
         self.tree.reap(node)

@@ -64,6 +64,12 @@ class Staged:
         """Holds bytes the remote does not have yet."""
         return self.dirty or self.uploading
 
+    @property
+    def kept(self) -> bool:
+        """The file must stay: its bytes are pending, or an upload of them is still being
+        recorded (the journal row naming this file may outlive a crash till then)."""
+        return self.pending or self.lock.locked()
+
     def touch(self, mtime: float) -> None:
         self.generation += 1
         self.mtime = mtime

@@ -224,7 +224,7 @@ class Tree:
     def reap(self, node: Node) -> None:
         if node.attached or node.lookups or node.opens or node.inode == ROOT:
             return
-        if node.staged is not None and node.staged.pending:
+        if node.staged is not None and node.staged.kept:
             return  # the uploader still needs it; it reaps it when done
         if node.staged is not None:
             node.staged.discard()

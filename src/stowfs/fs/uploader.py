@@ -589,10 +589,16 @@ class Uploader:
         if entry.progress is not None:
             await self.remote.abort_upload(entry.progress.checkpoint)
         if keep is None:
-            await trio.to_thread.run_sync(partial(entry.staging.unlink, missing_ok=True))
+            await self._finish(entry)
         else:
             await trio.to_thread.run_sync(_move, entry.staging, keep)
-        await self.journaled(entry.name, self.journal.remove, entry.id)
+            await self.journaled(entry.name, self.journal.remove, entry.id)
+
+    async def _finish(self, entry: Entry) -> None:
+        """The row goes, then its staging file: a crash between leaves a stray file (swept
+        by the next mount), not a row without its bytes (taken for bytes lost)."""
+        if await self.journaled(entry.name, self.journal.remove, entry.id) is not None:
+            await trio.to_thread.run_sync(partial(entry.staging.unlink, missing_ok=True))
 
     async def sync(self, staged: Staged) -> None:
         """fsync(2) of a file kept for a later upload: its bytes, its name in the staging
@@ -666,8 +672,7 @@ class Uploader:
             await self.journaled(new.name, self.journal.add_drop, new)
         if entry.replaces and entry.replaces != new.key:
             await self._delete(entry.replaces)
-        await trio.to_thread.run_sync(entry.staging.unlink)
-        await self.journaled(entry.name, self.journal.remove, entry.id)
+        await self._finish(entry)
         log.info("resumed upload of %s/%s", entry.folder, entry.name)
         parent = self.tree.find_dir(entry.folder)
         if parent is not None:
@@ -686,8 +691,7 @@ class Uploader:
             log.info("%s/%s, removed while it went up, is deleted", entry.folder, entry.name)
             if shown is not None:
                 self.tree.expire(shown)  # listed with it
-        await trio.to_thread.run_sync(entry.staging.unlink)
-        await self.journaled(entry.name, self.journal.remove, entry.id)
+        await self._finish(entry)
 
     async def _superseded(self, entry: Entry, stat: os.stat_result) -> None:
         """Delete the object that an upload under way at the crash may have stored of an
@@ -704,6 +708,9 @@ class Uploader:
             return
         await self._delete(key)
         log.info("%s/%s: an older version an upload stored is deleted", entry.folder, entry.name)
+        shown = self.tree.find_dir(entry.folder)
+        if shown is not None:
+            self.tree.expire(shown)  # listed with it (by another row of this pass)
 
     async def _files_in(
         self, folder: str, shown: Node | None, listings: dict[str, list[RemoteFile]]
