@@ -1137,6 +1137,25 @@ async def test_written_after_unlink_goes_nowhere(
     assert remote.calls["upload"] == 0
 
 
+async def test_an_uploaded_file_removed_while_open_for_writing_takes_writes_after(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """Opened without O_TRUNC, unwritten yet, removed: a write in part afterwards works on
+    its bytes, as on a local disk (it failed with ENOENT: its object was gone), and the
+    file still goes nowhere."""
+    remote.put("", "f", b"0123456789")
+    async with mounted_ops(remote, tmp_path / "cache") as fs:
+        fh = await fs.open("f", os.O_RDWR)
+        await fs.unlink("f")
+        assert remote.files == {}
+        await fs.ops.write(fh, 2, b"ab")
+        assert await fs.ops.read(fh, 0, 100) == b"01ab456789"
+        await fs.close(fh)
+        assert await fs.listdir() == []
+    assert remote.files == {}
+    assert remote.calls["upload"] == 0
+
+
 async def test_offline_a_folder_is_asked_for_once_per_dir_cache_time(
     remote: MemRemote, tmp_path: Path, autojump_clock: object
 ) -> None:

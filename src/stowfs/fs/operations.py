@@ -585,6 +585,10 @@ class Operations(pyfuse3.Operations):
         await self._remove_file(node)
 
     async def _remove_file(self, node: Node) -> None:
+        if node.writers and node.file is not None:
+            # A writer may still write in part: the bytes it would write between go
+            # with the object (as on a local disk, the open file lives on, unlinked).
+            await self._stage(node)
         gone: set[str] = set()
         # An upload landing while a delete goes makes another object of the file: it goes
         # too. Once detached (no wait between), an upload landing deletes its own.
