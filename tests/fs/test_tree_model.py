@@ -1,7 +1,8 @@
 """Random work on a tree through a real mount and on a local reference tree: files
 written, appended to, truncated, renamed, removed and given metadata, folders made,
 removed and moved, a writer kept open across it all, remounts between. The two trees
-must match (names, bytes, user xattrs), and the server must hold each file once."""
+must match (names, bytes, user xattrs), and the server must hold each file once. A
+remount may follow a kill -9 of the mount, uploads under way (nothing written is lost)."""
 
 from __future__ import annotations
 
@@ -132,10 +133,17 @@ def server_tree(mount: Mount, folder: str = "") -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize(
-    ("seed", "extra"), [(20261204, ()), (1204, ("--write-back", "1")), (412, ("--write-back", "0"))]
+    ("seed", "extra", "killed"),
+    [
+        (20261204, (), False),
+        (1204, ("--write-back", "1"), False),
+        (412, ("--write-back", "0"), False),
+        (3, ("--write-back", "0"), True),
+    ],
+    ids=["close", "write-back-1", "write-back-0", "write-back-0-kill-9"],
 )
 def test_random_work_on_a_tree_matches_a_reference(
-    live_server: LiveServer, tmp_path: Path, seed: int, extra: tuple[str, ...]
+    live_server: LiveServer, tmp_path: Path, seed: int, extra: tuple[str, ...], killed: bool
 ) -> None:
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
     ref = xattr_dir(tmp_path / "ref")
@@ -146,7 +154,10 @@ def test_random_work_on_a_tree_matches_a_reference(
             model.step()
             if n % 30 == 29:
                 model.release()
-                m.unmount()
+                if killed:
+                    m.kill9()
+                else:
+                    m.unmount()
                 m.start(*extra)
                 model.check()
         model.release()
