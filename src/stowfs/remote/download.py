@@ -56,6 +56,11 @@ class Downloader:
         if self.renew is None:
             if known is not None and known[1] > now and not force:
                 return known
+            if known is None:  # (presign: an upload gives a key to pass on, no download)
+                raise errors.Forbidden(
+                    f"the service gave no download URL for {file.path!r}: this dialect"
+                    " cannot read it back"
+                )
             raise errors.Forbidden(
                 f"the download URL of {file.path!r} has expired and this dialect cannot renew it"
             )
