@@ -658,6 +658,32 @@ def test_write_only_dialect_is_a_drop_folder(live_server: LiveServer, tmp_path: 
         m.unmount()
 
 
+def test_a_presign_drop_folder_shows_each_file_s_key_and_cannot_read_it_back(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """The presign dialect gives a key for a job to take, and no download URL."""
+    m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
+    m.start("--dialect", "presign")
+    try:
+        data = os.urandom(100_000)
+        (tmp_path / "frame.bin").write_bytes(data)
+        sh("cp", tmp_path / "frame.bin", m.path)
+        sh("mv", m.path / "frame.bin", m.path / "first.bin")
+        assert sh("ls", m.path).split() == ["first.bin"]
+        key = sh("getfattr", "--only-values", "-n", "user.stowfs.key", m.path / "first.bin")
+        [stored] = m.remote_files()  # (the same service's storage dialect)
+        assert (stored["object_key"], m.remote_bytes(stored)) == (key, data)
+        assert "Permission denied" in fails("cat", m.path / "first.bin")
+        assert "gave no download URL for 'first.bin'" in m.log.read_text()
+        m.unmount()
+        m.start("--dialect", "presign")
+        assert sh("ls", m.path).split() == ["first.bin"]  # from the mount's own record
+        sh("rm", m.path / "first.bin")
+        assert sh("ls", m.path).split() == []
+    finally:
+        m.unmount()
+
+
 def test_mount_options(live_server: LiveServer, tmp_path: Path) -> None:
     m = new_mount(tmp_path, live_server.base_url, live_server.new_key())
     upload(m, "", "f.txt", b"data", {})
