@@ -245,3 +245,30 @@ def test_kill9_while_the_answer_to_an_upload_of_a_file_changed_since_is_on_its_w
             assert (m.path / "f").read_bytes() == whole[0]
         finally:
             m.unmount()
+
+
+def test_an_upload_whose_answer_is_lost_and_cannot_be_looked_up_is_stored_once(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """The service stores the upload, its answer is lost, and the look that would tell
+    whether it landed fails too: cp fails (EIO), the mount keeps the bytes, and its
+    retry finds that object instead of sending a second one beside it."""
+    port = urlsplit(live_server.base_url).port
+    assert port is not None
+    with proxy_in_thread(FaultProxy(port)) as proxy:
+        m = new_mount(tmp_path, proxy.base_url(), live_server.new_key())
+        m.start()
+        try:
+            proxy.add("drop_response", "/v1/upload", method="POST")
+            look = proxy.add("respond", "/files/storage/file/", method="GET", times=10_000)
+            done = subprocess.run(["cp", "/proc/self/status", str(m.path / "f")], stderr=PIPE)
+            assert done.returncode != 0
+            assert b"Input/output error" in done.stderr
+            kept = (m.path / "f").read_bytes()
+            look.times = 0  # the service answers again
+            wait_for(lambda: len(m.remote_files()) == 1, 20, "the retry")
+            m.unmount()  # (any upload still pending goes now)
+            [stored] = m.remote_files()
+            assert m.remote_bytes(stored) == kept
+        finally:
+            m.unmount()

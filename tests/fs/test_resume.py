@@ -825,3 +825,53 @@ async def test_a_row_that_cannot_be_removed_keeps_its_staging_file(
             pass
     assert journaled(tmp_path / "cache") == ["f"]
     assert staging.exists()
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["same-bytes", "changed-since"])
+async def test_an_upload_retried_after_its_answer_was_lost_leaves_one_object(
+    tmp_path: Path, changed: bool
+) -> None:
+    """The upload landed, then the service went away before its answer (and before the
+    client could look): the retry took it for not landed and sent the bytes again, and
+    the file was on the server twice. The retry now looks for the object the first
+    attempt named: the upload itself if it holds the file's bytes, else deleted."""
+    remote = AnswerLost()
+    async with mounted_ops(remote, tmp_path / "cache", write_back=0.0) as fs:
+        await fs.write_file("f", b"first")
+        with trio.fail_after(5):
+            while not remote.landed:
+                await trio.sleep(0.01)
+        if changed:
+            await fs.write_file("f", b"second")
+        remote.upload = super(AnswerLost, remote).upload  # type: ignore[method-assign]
+        remote.down = False
+        assert await fs.ops.uploader.drain() == 0
+        assert await fs.read_file("f") == (b"second" if changed else b"first")
+    assert [remote.blobs[f.key] for f in remote.by_path("f")] == [
+        b"second" if changed else b"first"
+    ]
+    assert remote.calls["upload"] == (2 if changed else 1)
+
+
+async def test_a_file_removed_after_its_upload_s_answer_was_lost_does_not_come_back(
+    tmp_path: Path,
+) -> None:
+    """The object its upload may have stored goes with it: it came back at the next
+    listing. While the service is away, the removal fails, as that of an uploaded file
+    does (EIO), and the file stays."""
+    remote = AnswerLost()
+    async with mounted_ops(remote, tmp_path / "cache", write_back=0.0) as fs:
+        await fs.write_file("f", b"bytes")
+        with trio.fail_after(5):
+            while not remote.landed:
+                await trio.sleep(0.01)
+        with pytest.raises(pyfuse3.FUSEError) as refused:
+            await fs.unlink("f")
+        assert refused.value.errno == errno.EIO
+        assert await fs.listdir() == ["f"]
+        remote.upload = super(AnswerLost, remote).upload  # type: ignore[method-assign]
+        remote.down = False
+        await fs.unlink("f")
+        assert await fs.listdir() == []
+        assert await fs.ops.uploader.drain() == 0
+    assert remote.files == {}

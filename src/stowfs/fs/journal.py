@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 # lost bytes that never reached the disk (NULL: a row of a version before the column).
 # uploads.unlinked: 1 when the file was removed while its upload was under way: the row
 # stays until the object that upload may make is deleted (after a crash: by the next mount).
-# uploads.sending: the key of the object an upload under way may store, once the staged
-# bytes changed since it began: after a crash, the next mount knows that object for an
-# older state of this file (it cannot tell it by its bytes), not another file of the name.
+# uploads.sending: the key of the object an upload (under way, or failed with its outcome
+# unknown) may have stored, once the staged bytes changed since it began: after a crash,
+# the next mount knows that object for an older state of this file (it cannot tell it by
+# its bytes), not for another file of the name.
 # Journals written before these columns had none: they are added on open.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (

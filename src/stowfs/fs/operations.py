@@ -589,22 +589,15 @@ class Operations(pyfuse3.Operations):
             # A writer may still write in part: the bytes it would write between go
             # with the object (as on a local disk, the open file lives on, unlinked).
             await self._stage(node)
+        if node.staged is not None:
+            await self.uploader.drop_attempt(node.staged)
         gone: set[str] = set()
         # An upload landing while a delete goes makes another object of the file: it goes
         # too. Once detached (no wait between), an upload landing deletes its own.
         while node.file is not None and node.file.key not in gone:
             key = node.file.key
             gone.add(key)
-            self.tree.deleted(key)  # a listing asked while the delete goes must not show it
-            if self.caps.delete:
-                try:
-                    with contextlib.suppress(NotFound):
-                        await self.remote.delete(key)
-                except BaseException:
-                    self.tree.kept(key)
-                    raise
-            if not self.caps.list:  # a drop folder forgets it (the remote may keep it)
-                await self.uploader.journaled(node.name, self.journal.remove_drop, key)
+            await self.uploader.delete(key)
         self.tree.detach(node)
         await self.uploader.cancel(node)
 

@@ -37,9 +37,10 @@ class Staged:
         self.progress: Progress | None = None  # an upload under way a failure interrupted
         self.public: bool | None = None  # the visibility to give the upload (None: default)
         self.uploading = False
-        # The key of the object the upload under way may store, until it is journaled
-        # (`Uploader.changing`); None once it is, or while the service has not named it.
-        self.sending: str | None = None
+        # The key the last upload attempt named: its object may exist unbeknown (under
+        # way, or its answer lost) until that attempt landed, or the next one settled it.
+        self.attempt: str | None = None
+        self.attempt_journaled = False  # (`Uploader.changing`)
         self.lock = trio.Lock()  # one upload at a time
         self.journaling = trio.Lock()  # the journal row: one record or removal at a time
         # While every write has appended at the end (as cp does): the MD5 of bytes

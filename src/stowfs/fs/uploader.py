@@ -139,18 +139,19 @@ class Uploader:
             return True
 
     async def changing(self, staged: Staged) -> None:
-        """Before the staged bytes change: the upload of them under way may still store
-        the bytes it began with, an object the next mount, after a crash, could not
-        tell by its bytes from another file of that name. Its key goes to the journal
-        row first (once an upload)."""
-        if staged.sending is None:
+        """Before the staged bytes change: an upload of them (under way, or failed with
+        its outcome unknown) may have stored the bytes it began with, an object the next
+        mount, after a crash, could not tell by its bytes from another file of that name.
+        Its key goes to the journal row first (once an attempt)."""
+        if staged.attempt is None or staged.attempt_journaled:
             return
         async with staged.journaling:  # (a second writer waits for the row too)
-            key = staged.sending
-            if key is not None and staged.journal_id is not None:
-                await self.journaled(key, self.journal.sending, staged.journal_id, key)
-            if staged.sending == key:
-                staged.sending = None
+            key = staged.attempt
+            if key is not None and not staged.attempt_journaled:
+                if staged.journal_id is not None:
+                    await self.journaled(key, self.journal.sending, staged.journal_id, key)
+                if staged.attempt == key:
+                    staged.attempt_journaled = True
 
     async def _unjournal(self, staged: Staged) -> None:
         """Remove the row once nothing is pending: a change made meanwhile keeps it. A row
@@ -281,11 +282,11 @@ class Uploader:
                         new = await self._send(staged, folder, name)
                     finally:
                         staged.uploading = False
-                        staged.sending = None
+                    staged.attempt = None  # landed: it is the file's object now
                     staged.uploaded = generation
                     await self._swap(node, new)
                     if not node.attached:  # unlinked while it went up: it must not survive
-                        await self._delete(new.key)
+                        await self.delete(new.key)
                     if staged.dirty:  # rewritten meanwhile: the row replaces this one now
                         await self.record(node)
                     else:
@@ -305,9 +306,14 @@ class Uploader:
         or an upload a failure interrupted."""
         metadata = self.metadata_of(staged)
         generation = staged.generation
+        wanted, public = (lambda: self.metadata_of(staged)), (lambda: staged.public)
+        earlier = await self._earlier_attempt(staged, folder, name)
+        if earlier is not None:
+            staged.progress = None  # (its parts, if any, made that object)
+            return await self._bring_to(earlier, dict(earlier.metadata), wanted, public)
 
         async def named(key: str) -> None:
-            staged.sending = key
+            staged.attempt, staged.attempt_journaled = key, False
             if staged.generation != generation:  # changed before the key was known
                 await self.changing(staged)
 
@@ -327,12 +333,46 @@ class Uploader:
             begun,
             staged.journal_id,
             remember,
-            lambda: self.metadata_of(staged),
-            lambda: staged.public,
+            wanted,
+            public,
             named,
         )
         staged.progress = None
         return new
+
+    async def drop_attempt(self, staged: Staged) -> None:
+        """Delete the object a failed attempt may have stored (the file is removed);
+        raises where the service cannot be asked, as the delete of an uploaded file does.
+        One under way is left to that upload, which deletes its own once it lands."""
+        key = staged.attempt
+        if key is not None and not staged.lock.locked():
+            await self.delete(key)
+            if staged.attempt == key:
+                staged.attempt = None
+
+    async def _earlier_attempt(self, staged: Staged, folder: str, name: str) -> RemoteFile | None:
+        """The object an earlier attempt stored unbeknown (its answer lost as the service
+        went down): the upload itself, while it holds these bytes at this place; else it
+        goes, before another lands beside it. None: there is none (any more)."""
+        key = staged.attempt
+        if key is None:
+            return None
+        if not self.remote.capabilities.list:  # (a drop folder cannot look)
+            staged.attempt = None
+            return None
+        try:
+            file = await self.remote.stat(key)
+        except NotFound:
+            staged.attempt = None
+            return None
+        if (file.folder, file.name, file.size) == (folder, name, staged.size) and (
+            file.checksum == await md5_file(staged.path)
+        ):
+            log.info("%s: an earlier attempt had landed, its answer lost", name)
+            return file
+        await self.delete(key)
+        staged.attempt = None
+        return None
 
     async def _upload(
         self,
@@ -450,17 +490,22 @@ class Uploader:
         if self.drop_folder:
             await self.journaled(new.name, self.journal.add_drop, new)
         if old is not None and old.key != new.key:
-            await self._delete(old.key)
+            await self.delete(old.key)
 
-    async def _delete(self, key: str) -> None:
-        """Delete a replaced object; a write-only remote keeps it, our record drops it."""
+    async def delete(self, key: str) -> None:
+        """Delete an object (removed, or replaced); a write-only remote keeps it, our
+        record drops it. Listings asked meanwhile do not show it, nor after, unless the
+        delete failed."""
         self.tree.deleted(key)
+        if self.remote.capabilities.delete:
+            try:
+                with contextlib.suppress(NotFound):
+                    await self.remote.delete(key)
+            except BaseException:
+                self.tree.kept(key)
+                raise
         if self.drop_folder:
             await self.journaled(key, self.journal.remove_drop, key)
-        if not self.remote.capabilities.delete:
-            return
-        with contextlib.suppress(NotFound):
-            await self.remote.delete(key)
 
     def _next_backoff(self, node: Node) -> float:
         delay = min(self._backoff.get(node, 0.5) * 2, MAX_BACKOFF)
@@ -671,7 +716,7 @@ class Uploader:
         if self.drop_folder:
             await self.journaled(new.name, self.journal.add_drop, new)
         if entry.replaces and entry.replaces != new.key:
-            await self._delete(entry.replaces)
+            await self.delete(entry.replaces)
         await self._finish(entry)
         log.info("resumed upload of %s/%s", entry.folder, entry.name)
         parent = self.tree.find_dir(entry.folder)
@@ -687,7 +732,7 @@ class Uploader:
         await self._superseded(entry, stat)
         shown, landed = await self._landed(entry, stat, listings)
         if landed is not None:
-            await self._delete(landed.key)
+            await self.delete(landed.key)
             log.info("%s/%s, removed while it went up, is deleted", entry.folder, entry.name)
             if shown is not None:
                 self.tree.expire(shown)  # listed with it
@@ -706,7 +751,7 @@ class Uploader:
             return
         if file.size == stat.st_size and file.checksum == await md5_file(entry.staging):
             return
-        await self._delete(key)
+        await self.delete(key)
         log.info("%s/%s: an older version an upload stored is deleted", entry.folder, entry.name)
         shown = self.tree.find_dir(entry.folder)
         if shown is not None:
