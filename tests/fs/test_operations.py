@@ -413,6 +413,33 @@ async def test_rename_file_over_existing(fs: FS, remote: MemRemote) -> None:
     assert [f.name for f in remote.files.values()] == ["b"]
 
 
+@pytest.mark.parametrize("source", ["pending", "uploaded"])
+async def test_a_rename_over_a_file_that_cannot_be_removed_changes_nothing(
+    remote: MemRemote, tmp_path: Path, source: str
+) -> None:
+    """rename(2) is whole or not at all: the target's delete refused (the service away
+    then), the source goes back to its name and the target stays. The source stayed
+    moved over the target, which came back at the next listing (a file was lost)."""
+    target = remote.put("", "b", b"old b")
+    if source == "uploaded":
+        remote.put("", "c", b"c")
+    async with mounted_ops(remote, tmp_path / "cache", write_back=1000.0) as fs:
+        assert await fs.listdir() == (["b", "c"] if source == "uploaded" else ["b"])
+        if source == "pending":
+            await fs.write_file("c", b"c")
+        remote.fail["delete"] = Unavailable("server down", status=503)
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await fs.rename("c", "b")
+        assert fuse_errno(exc) == errno.EIO
+        assert await fs.listdir() == ["b", "c"]
+        assert await fs.read_file("b") == b"old b"
+        assert await fs.read_file("c") == b"c"
+        assert await fs.ops.uploader.drain() == 0
+    stored = sorted((f.name, remote.blobs[f.key]) for f in remote.files.values())
+    assert stored == [("b", b"old b"), ("c", b"c")]
+    assert target.key in remote.files
+
+
 async def test_rename_folder_moves_every_file(fs: FS, remote: MemRemote) -> None:
     remote.put("x", "1", b"1")
     remote.put("x/y", "2", b"2")

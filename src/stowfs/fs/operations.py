@@ -643,9 +643,17 @@ class Operations(pyfuse3.Operations):
             stack.enter_context(self.tree.holding(node))
             if target is not None:  # news shown meanwhile could give it the moved object
                 stack.enter_context(self.tree.holding(target))
+            old_parent, old_name = self.tree.nodes[node.parent], node.name
             await self._move_file(node, new_parent, new_name)
             if target is not None:
-                await self._remove_file(target)
+                try:
+                    await self._remove_file(target)
+                except Exception:
+                    # Whole or not at all, as rename(2): the moved file goes back (here
+                    # and on the service), the target stays where it is.
+                    await self._move_file(node, old_parent, old_name)
+                    self.tree.move(target, new_parent, new_name)
+                    raise
 
     @staticmethod
     async def _settle(node: Node, stack: contextlib.AsyncExitStack) -> None:
