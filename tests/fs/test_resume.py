@@ -136,6 +136,20 @@ async def retried(remote: MemRemote, path: str) -> None:
     raise AssertionError(f"{path} was never stored")
 
 
+def sending(cache: Path) -> list[str | None]:
+    """The key each journaled upload names as the one its upload under way may store."""
+    journal = Journal(cache / "journal.db")
+    try:
+        return [entry.sending for entry in journal.pending()]
+    finally:
+        journal.close()
+
+
+def stored_key(remote: MemRemote) -> str:
+    [key] = remote.files
+    return key
+
+
 def journaled(cache: Path) -> list[str]:
     """The names of the uploads the journal in `cache` still holds."""
     journal = Journal(cache / "journal.db")
@@ -498,6 +512,7 @@ async def test_a_file_removed_while_its_upload_goes_up_keeps_its_row_till_the_ob
         await fs.ops.unlink(pyfuse3.ROOT_INODE, b"f", CTX)
         try:
             assert journaled(cache) == ["f"]
+            assert sending(cache) == [stored_key(remote)]  # what to delete after a crash
         finally:
             answered.set()  # (else the unmount would wait for the upload under way)
         assert await fs.ops.uploader.drain() == 0
@@ -543,22 +558,29 @@ async def test_a_file_removed_as_its_upload_lands_keeps_its_row_too(
     assert journaled(cache) == []
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["key-named", "no-key-yet"])
 async def test_an_object_stored_for_a_file_removed_meanwhile_goes_after_a_crash(
-    remote: MemRemote, tmp_path: Path
+    remote: MemRemote, tmp_path: Path, named: bool
 ) -> None:
-    """What the mount leaves when it dies between the two: the row, marked, and the
-    object on the server. The next mount deletes it (the file came back)."""
+    """What the mount leaves when it dies between the two: the row, marked, naming the
+    key of the object on the server. The next mount deletes it (the file came back),
+    and that one only: a new file of the name and bytes was taken for it, and deleted
+    (found by the tree model with the server stopped at times)."""
     staging = tmp_path / "cache" / "staging" / "f-bytes"
     staging.parent.mkdir(parents=True)
     staging.write_bytes(b"bytes")
-    remote.put("", "f", b"bytes")  # stored by the upload under way at the unlink
-    remote.put("", "g", b"bytes")  # another file of the same bytes
+    stored = remote.put("", "f", b"bytes") if named else None  # by that upload
+    again = remote.put("", "f", b"bytes")  # a new f, written since
+    other = remote.put("", "g", b"bytes")  # another file of the same bytes
     journal = Journal(tmp_path / "cache" / "journal.db")
-    journal.unlinked(journal.record(None, staging, "", "f", None, {}, size=5))
+    entry = journal.record(None, staging, "", "f", None, {}, size=5)
+    if stored is not None:
+        journal.sending(entry, stored.key)
+    journal.unlinked(entry)
     journal.close()
     async with mounted_ops(remote, tmp_path / "cache") as fs:
-        assert await fs.listdir() == ["g"]
-    assert [f.name for f in remote.files.values()] == ["g"]
+        assert await fs.listdir() == ["f", "g"]
+    assert set(remote.files) == {again.key, other.key}
     assert journaled(tmp_path / "cache") == []
     assert not staging.exists()
 
@@ -650,15 +672,6 @@ async def test_fsync_of_a_file_kept_for_write_back_reaches_the_disk(
         assert remote.blobs[stored(remote, "g").key] == b"up"
         assert synced == []  # nothing kept here to sync
         await fs.close(fh)
-
-
-def sending(cache: Path) -> list[str | None]:
-    """The key each journaled upload names as the one its upload under way may store."""
-    journal = Journal(cache / "journal.db")
-    try:
-        return [entry.sending for entry in journal.pending()]
-    finally:
-        journal.close()
 
 
 async def test_a_change_while_an_upload_goes_journals_the_object_it_may_store(
@@ -875,3 +888,61 @@ async def test_a_file_removed_after_its_upload_s_answer_was_lost_does_not_come_b
         assert await fs.listdir() == []
         assert await fs.ops.uploader.drain() == 0
     assert remote.files == {}
+
+
+def to_delete(cache: Path) -> list[str]:
+    journal = Journal(cache / "journal.db")
+    try:
+        return journal.deletes()
+    finally:
+        journal.close()
+
+
+async def test_a_replaced_object_the_service_cannot_delete_yet_goes_later(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    """The new upload is stored, then the service is away for the delete of the object
+    it replaces: close succeeds (it failed, with the bytes stored), and that object is
+    deleted later, by the next mount if this one ends first (it stayed as a duplicate)."""
+    old = remote.put("", "f", b"old")
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache) as fs:
+        assert await fs.listdir() == ["f"]
+        remote.fail["delete"] = Unavailable("server down", status=503)
+        delete = remote.delete
+
+        async def away(key: str) -> None:  # the first fails (fail), the next ones too
+            remote.down = True
+            await delete(key)
+
+        remote.delete = away  # type: ignore[method-assign]
+        await fs.write_file("f", b"new")  # close: no error
+        assert await fs.listdir() == ["f"]
+        assert to_delete(cache) == [old.key]
+    assert old.key in remote.files
+    remote.down = False
+    remote.delete = delete  # type: ignore[method-assign]
+    async with mounted_ops(remote, cache) as fs:
+        with trio.fail_after(5):
+            while old.key in remote.files:
+                await trio.sleep(0.01)
+        assert await fs.listdir() == ["f"]
+        assert await fs.read_file("f") == b"new"
+    assert [remote.blobs[f.key] for f in remote.by_path("f")] == [b"new"]
+    assert to_delete(cache) == []
+
+
+async def test_a_replaced_object_is_deleted_once_the_service_is_back(
+    remote: MemRemote, tmp_path: Path
+) -> None:
+    old = remote.put("", "f", b"old")
+    cache = tmp_path / "cache"
+    async with mounted_ops(remote, cache) as fs:
+        assert await fs.listdir() == ["f"]
+        remote.fail["delete"] = Unavailable("server down", status=503)  # once
+        await fs.write_file("f", b"new")
+        with trio.fail_after(5):
+            while old.key in remote.files:
+                await trio.sleep(0.01)
+        assert to_delete(cache) == []
+        assert await fs.listdir() == ["f"]

@@ -5,7 +5,8 @@ upload under way keeps its progress in the row, part by part: the upload resumes
 (the remote checks that the staged bytes did not change since; a file moved since starts
 over).
 
-Also the drop folder's record (write-only dialects): what this mount uploaded.
+Also the drop folder's record (write-only dialects): what this mount uploaded; and the
+objects to delete that the service could not delete when they were replaced or removed.
 Methods are synchronous: callers run them with trio.to_thread.
 """
 
@@ -54,6 +55,9 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE TABLE IF NOT EXISTS drops (
     key TEXT PRIMARY KEY,
     record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deletes (
+    key TEXT PRIMARY KEY
 );
 """
 
@@ -243,6 +247,19 @@ class Journal:
     def remove_drop(self, key: str) -> None:
         with self._lock, _writing():
             self._conn.execute("DELETE FROM drops WHERE key=?", (key,))
+
+    # -- deletes the service could not do yet --------------------------------------------
+    def add_delete(self, key: str) -> None:
+        with self._lock, _writing():
+            self._conn.execute("INSERT OR IGNORE INTO deletes (key) VALUES (?)", (key,))
+
+    def remove_delete(self, key: str) -> None:
+        with self._lock, _writing():
+            self._conn.execute("DELETE FROM deletes WHERE key=?", (key,))
+
+    def deletes(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT key FROM deletes ORDER BY rowid")]
 
     def drops(self) -> list[RemoteFile]:
         with self._lock:

@@ -41,6 +41,7 @@ class Staged:
         # way, or its answer lost) until that attempt landed, or the next one settled it.
         self.attempt: str | None = None
         self.attempt_journaled = False  # (`Uploader.changing`)
+        self.unlinked = False  # removed while an upload went: its key is journaled at once
         self.lock = trio.Lock()  # one upload at a time
         self.journaling = trio.Lock()  # the journal row: one record or removal at a time
         # While every write has appended at the end (as cp does): the MD5 of bytes

@@ -27,8 +27,10 @@ import trio
 
 from ..checksum import md5_file
 from ..errors import (
+    AuthFailed,
     InvalidRequest,
     NotFound,
+    RateLimited,
     StowfsError,
     TooLarge,
     Unavailable,
@@ -50,6 +52,8 @@ MAX_BACKOFF = 300.0
 # mount (they are the user's), and named in the log at each mount start.
 KEPT = {"refused": "the service refused", "damaged": "a machine crash cut short"}
 PARALLEL = 8  # background uploads at a time
+# A delete refused for one of these may go later: it is kept, and tried again.
+PASSING = (Unavailable, RateLimited, AuthFailed)
 # How far the service's clock may lag ours, for telling an upload that landed from an
 # older object of the same bytes.
 CLOCK_SKEW = 300.0
@@ -83,6 +87,7 @@ class Uploader:
         self._backoff: dict[Node, float] = {}
         self._waiting: set[Node] = set()  # came due while open for writing
         self._orphans: deque[Entry] = deque()  # journal rows of an earlier mount
+        self._retired: set[str] = set()  # keys to delete that the service could not yet
         self.resuming = trio.Lock()  # one pass over them at a time: each would send them
         self._active: set[Node] = set()  # uploading in the background now
         self._quiet = trio.Event()  # set while nothing uploads in the background
@@ -248,7 +253,9 @@ class Uploader:
             return
         # (the lock is held from the upload's start to its record, the object stored)
         keep_row = staged.lock.locked() and staged.journal_id is not None
-        if keep_row:
+        if keep_row:  # the row names the object to delete: the key that upload names
+            staged.unlinked = True
+            await self.changing(staged)
             await self.journaled(node.name, self.journal.unlinked, staged.journal_id)
         await self._drop(node, staged, keep_row=keep_row)
 
@@ -286,7 +293,7 @@ class Uploader:
                     staged.uploaded = generation
                     await self._swap(node, new)
                     if not node.attached:  # unlinked while it went up: it must not survive
-                        await self.delete(new.key)
+                        await self.retire(new.key)
                     if staged.dirty:  # rewritten meanwhile: the row replaces this one now
                         await self.record(node)
                     else:
@@ -314,7 +321,7 @@ class Uploader:
 
         async def named(key: str) -> None:
             staged.attempt, staged.attempt_journaled = key, False
-            if staged.generation != generation:  # changed before the key was known
+            if staged.generation != generation or staged.unlinked:  # before the key came
                 await self.changing(staged)
 
         stream = await self.streamer.finish(staged, folder, name)
@@ -490,7 +497,38 @@ class Uploader:
         if self.drop_folder:
             await self.journaled(new.name, self.journal.add_drop, new)
         if old is not None and old.key != new.key:
-            await self.delete(old.key)
+            await self.retire(old.key)
+
+    async def retire(self, key: str) -> None:
+        """Delete an object this mount replaced or removed, once its successor (if any)
+        is stored. One the service cannot delete now is journaled and deleted later (by
+        the next mount, if need be): the upload stands, and no duplicate stays."""
+        try:
+            await self.delete(key)
+        except PASSING as exc:
+            log.warning("%s is replaced or removed; deleting it failed (%s): later", key, exc)
+            self.tree.deleted(key)  # gone, for this mount, from now on
+            self._retired.add(key)
+            await self.journaled(key, self.journal.add_delete, key)
+            self._wake.set()
+        except StowfsError as exc:  # (a legal hold): it stays, as the service wants
+            log.warning("%s is replaced or removed, but the service keeps it: %s", key, exc)
+
+    async def _delete_retired(self) -> bool:
+        """Delete what `retire` could not; True when none is left. The first failure
+        ends the pass (the service is still away)."""
+        for key in list(self._retired):
+            try:
+                await self.delete(key)
+            except PASSING as exc:
+                log.warning("%s: deleting it failed again (%s)", key, exc)
+                self.tree.deleted(key)
+                return False
+            except StowfsError as exc:
+                log.warning("%s cannot be deleted: %s", key, exc)
+            self._retired.discard(key)
+            await self.journaled(key, self.journal.remove_delete, key)
+        return True
 
     async def delete(self, key: str) -> None:
         """Delete an object (removed, or replaced); a write-only remote keeps it, our
@@ -527,6 +565,8 @@ class Uploader:
             self._orphans.clear()
         elif self._orphans:
             log.warning("resuming %d journaled upload(s) of an earlier mount", len(self._orphans))
+        if not self.read_only:
+            self._retired = set(await trio.to_thread.run_sync(self.journal.deletes))
         stray = await trio.to_thread.run_sync(staging.sweep, self.staging_dir, keep)
         if stray:
             log.info("removed %d staging file(s) of writes never closed", stray)
@@ -542,15 +582,15 @@ class Uploader:
             # edits their bytes (after, it would land beside them). Sends wait for later.
             await self._resume_orphans(send=False)
         task_status.started()
-        orphans_due = 0.0
-        orphan_delay = 0.0
+        leftovers_due = 0.0
+        delay = 0.0
         async with trio.open_nursery() as nursery:
             while True:
                 now = trio.current_time()
-                if self._orphans and now >= orphans_due:
-                    ok = await self._resume_orphans()
-                    orphan_delay = 0.0 if ok else min(max(orphan_delay * 2, 1.0), MAX_BACKOFF)
-                    orphans_due = now + orphan_delay
+                if (self._orphans or self._retired) and now >= leftovers_due:
+                    ok = await self._leftovers()
+                    delay = 0.0 if ok else min(max(delay * 2, 1.0), MAX_BACKOFF)
+                    leftovers_due = now + delay
                 while self._heap and self._heap[0][0] <= now:
                     due, _, node = heapq.heappop(self._heap)
                     if self._due.get(node) != due or node in self._active:
@@ -561,8 +601,8 @@ class Uploader:
                         self._quiet = trio.Event()
                     nursery.start_soon(self._background, node)
                 wait = (self._heap[0][0] if self._heap else math.inf) - trio.current_time()
-                if self._orphans:
-                    wait = min(wait, orphans_due - trio.current_time())
+                if self._orphans or self._retired:
+                    wait = min(wait, leftovers_due - trio.current_time())
                 self._wake = trio.Event()
                 with trio.move_on_after(max(wait, 0)):
                     await self._wake.wait()
@@ -592,6 +632,12 @@ class Uploader:
             if node in self._due:  # a retry, or scheduled again while it was uploading
                 heapq.heappush(self._heap, (self._due[node], next(self._order), node))
             self._wake.set()
+
+    async def _leftovers(self) -> bool:
+        """A pass over what waits from before (an earlier mount's uploads, deletes that
+        failed); True when nothing is left."""
+        sent = await self._resume_orphans()
+        return await self._delete_retired() and sent
 
     async def _resume_orphans(self, *, send: bool = True) -> bool:
         """Upload rows left by an earlier mount; True when all went. Without `send`,
@@ -665,6 +711,9 @@ class Uploader:
         self, entry: Entry, listings: dict[str, list[RemoteFile]], send: bool
     ) -> bool:
         """Resume one row; False: it must be sent, and `send` is not set."""
+        if entry.unlinked:
+            await self._finish_unlink(entry)
+            return True
         try:
             stat = await trio.to_thread.run_sync(os.stat, entry.staging)
         except FileNotFoundError:
@@ -673,9 +722,6 @@ class Uploader:
                 "has no staging file any more: nothing to send (an upload that landed"
                 " before its row could be removed leaves this, as does a cache emptied by hand)",
             )
-            return True
-        if entry.unlinked:
-            await self._finish_unlink(entry, stat, listings)
             return True
         size = stat.st_size
         if entry.size is not None and size < entry.size:
@@ -724,19 +770,21 @@ class Uploader:
             self.tree.expire(parent)  # show the resumed file
         return True
 
-    async def _finish_unlink(
-        self, entry: Entry, stat: os.stat_result, listings: dict[str, list[RemoteFile]]
-    ) -> None:
+    async def _finish_unlink(self, entry: Entry) -> None:
         """A row of a file removed while its upload was under way, left by a crash: the
-        object that upload stored, if it did, is deleted (else the file came back)."""
-        await self._superseded(entry, stat)
-        shown, landed = await self._landed(entry, stat, listings)
-        if landed is not None:
-            await self.delete(landed.key)
+        object that upload named is deleted, if it stored it (else the file came back).
+        That key only: a file of that name made since, of the same bytes, is not it."""
+        if entry.sending is not None:
+            await self._delete_listed(entry, entry.sending)
             log.info("%s/%s, removed while it went up, is deleted", entry.folder, entry.name)
-            if shown is not None:
-                self.tree.expire(shown)  # listed with it
         await self._finish(entry)
+
+    async def _delete_listed(self, entry: Entry, key: str) -> None:
+        """Delete an object of the row's folder, which a listing may hold already."""
+        await self.delete(key)
+        shown = self.tree.find_dir(entry.folder)
+        if shown is not None:
+            self.tree.expire(shown)  # listed with it (by another row of this pass)
 
     async def _superseded(self, entry: Entry, stat: os.stat_result) -> None:
         """Delete the object that an upload under way at the crash may have stored of an
@@ -751,11 +799,8 @@ class Uploader:
             return
         if file.size == stat.st_size and file.checksum == await md5_file(entry.staging):
             return
-        await self.delete(key)
+        await self._delete_listed(entry, key)
         log.info("%s/%s: an older version an upload stored is deleted", entry.folder, entry.name)
-        shown = self.tree.find_dir(entry.folder)
-        if shown is not None:
-            self.tree.expire(shown)  # listed with it (by another row of this pass)
 
     async def _files_in(
         self, folder: str, shown: Node | None, listings: dict[str, list[RemoteFile]]
@@ -834,7 +879,9 @@ class Uploader:
         await self._quiet.wait()  # the uploads under way end first (their swaps too)
         for node in self.pending_nodes():
             await self.record(node)
-        await self._resume_orphans()
+        await self._leftovers()
+        if self._retired:
+            log.warning("%d object(s) to delete are left journaled", len(self._retired))
         left = len(self._orphans)
         pending = self.pending_nodes()
         for n, node in enumerate(pending):
