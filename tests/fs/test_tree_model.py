@@ -2,7 +2,8 @@
 written, appended to, truncated, renamed, removed and given metadata, folders made,
 removed and moved, a writer kept open across it all, remounts between. The two trees
 must match (names, bytes, user xattrs), and the server must hold each file once. A
-remount may follow a kill -9 of the mount, uploads under way (nothing written is lost)."""
+remount may follow a kill -9 of the mount, uploads under way (nothing written is lost);
+the server may be stopped at times (what the mount refuses meanwhile is not done)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.fs.mountfix import Mount, new_mount, xattr_dir
-from tests.livesrv import LiveServer
+from tests.livesrv import LiveServer, start_server
 
 NAMES = ("a", "b", "c.txt", "d.txt")
 XATTRS = {
@@ -168,3 +169,54 @@ def test_random_work_on_a_tree_matches_a_reference(
     finally:
         model.release()
         m.unmount()
+
+
+class Refusable(Model):
+    """A step the mount refuses (EIO: the server is stopped) is not taken on the
+    reference; no writer is held (its writes could not be mirrored so)."""
+
+    def __init__(self, rng: random.Random, mount: Mount, ref: Path) -> None:
+        super().__init__(rng, mount, ref)
+        self.held = []
+        self.refused = 0
+
+    def release(self) -> None:
+        self.held = []
+
+    def both(self, fn: Callable[[Path], Any]) -> None:
+        try:
+            fn(self.mount.path)
+        except OSError:
+            self.refused += 1
+            return
+        fn(self.ref)
+
+
+def test_random_work_on_a_tree_with_the_server_stopped_at_times(tmp_path: Path) -> None:
+    """Uploads fail and are retried, answers are lost as the server stops (seed 9 left
+    a file twice on the server: a retry sent again what had landed unanswered)."""
+    server = start_server(tmp_path / "srv")
+    port = server.base_url.rsplit(":", 1)[1].split("/")[0]
+    rng = random.Random(78)
+    m = new_mount(tmp_path, server.base_url, server.new_key())
+    model = Refusable(random.Random(11), m, xattr_dir(tmp_path / "ref"))
+    m.start("--write-back", "0")
+    try:
+        for n in range(90):
+            remount, down = n % 30 == 29, server.proc.poll() is not None
+            if down and (remount or rng.random() < 0.25):
+                server = start_server(tmp_path / "srv", "--listen", f"127.0.0.1:{port}")
+            elif not down and not remount and rng.random() < 0.06:
+                server.stop()
+            model.step()
+            if remount:
+                m.unmount()
+                m.start("--write-back", "0")
+                model.check()
+        m.unmount()
+        files = {p: v for p, v in snapshot(model.ref).items() if v is not None}
+        assert server_tree(m) == sorted((p, len(v[0])) for p, v in files.items())
+        assert model.refused > 0  # the server was away for some steps
+    finally:
+        m.unmount()
+        server.stop()
