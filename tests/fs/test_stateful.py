@@ -4,6 +4,7 @@ remote's objects, equal the model."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -13,11 +14,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyfuse3
 import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from stowfs.errors import Unavailable
 from stowfs.fs import xattrs
 from tests.fs.harness import CTX, FS, mounted_ops, setattr_
 from tests.fs.memremote import MemRemote
@@ -56,6 +59,7 @@ class SlowRemote(MemRemote):
 
 class OpsMachine(RuleBasedStateMachine):
     WRITE_BACK: float | None = None  # upload on close
+    REMOTE: type[SlowRemote] = SlowRemote
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,7 +67,7 @@ class OpsMachine(RuleBasedStateMachine):
         self.meta: dict[str, dict[str, Any]] = {}  # user metadata (mtime aside)
         self.dirs: set[str] = {""}
         self.theirs: list[str] = []  # files another client made (feed-shown names)
-        self.remote = SlowRemote()
+        self.remote = self.REMOTE()
         self.seen = 0  # of the remote's change log: what the feed has given so far
         self.deferred = False  # a file made by mknod may wait for its upload
         self.tmp = Path(tempfile.mkdtemp())
@@ -329,6 +333,52 @@ class WriteBackMachine(OpsMachine):
     WRITE_BACK = 0.0
 
 
+class AwayRemote(SlowRemote):
+    """`lose_answers`: an upload is stored, then the service goes away before it answers
+    (the mount cannot know that it landed)."""
+
+    lose_answers = False
+
+    async def upload(self, *args: Any, **kw: Any) -> Any:
+        stored = await super().upload(*args, **kw)
+        if self.lose_answers:
+            self.down = True
+            raise Unavailable("connection dropped", status=503)
+        return stored
+
+
+class OutageMachine(WriteBackMachine):
+    """The same, with the service away at times, for one operation and the uploads that
+    follow it: from the start, or once it stored an upload whose answer is then lost.
+    An operation the mount refuses meanwhile (EIO) is not taken on the model."""
+
+    REMOTE = AwayRemote
+
+    @rule(data=st.data(), lost=st.booleans(), name=NAMES, content=DATA, size=st.integers(0, 4000))
+    def outage(self, data: st.DataObject, lost: bool, name: str, content: bytes, size: int) -> None:
+        remote = self.remote
+        assert isinstance(remote, AwayRemote)
+        steps: list[Callable[[], None]] = [lambda: self.write(data, name, content)]
+        if self.files:
+            steps += [
+                lambda: self.rename(data, name),
+                lambda: self.unlink(data),
+                lambda: self.truncate(data, size),
+                lambda: self.setxattr(data, "seed", size),
+            ]
+        step = data.draw(st.sampled_from(steps))
+        remote.down, remote.lose_answers = not lost, lost
+        try:
+            step()
+        except pyfuse3.FUSEError as exc:  # refused for the outage: not taken
+            if exc.errno != errno.EIO:
+                raise
+        try:
+            self.run(lambda fs: fs.ops.uploader.drain())  # uploads fail, or land unanswered
+        finally:
+            remote.down = remote.lose_answers = False
+
+
 SETTINGS = settings(
     max_examples=40,
     stateful_step_count=40,
@@ -337,5 +387,7 @@ SETTINGS = settings(
 )
 OpsMachine.TestCase.settings = SETTINGS
 WriteBackMachine.TestCase.settings = SETTINGS
+OutageMachine.TestCase.settings = SETTINGS
 TestOperationsStateful = OpsMachine.TestCase
 TestWriteBackStateful = WriteBackMachine.TestCase
+TestOutageStateful = OutageMachine.TestCase
