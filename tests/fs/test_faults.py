@@ -4,6 +4,7 @@ reference copy, also after a remount; a folder move the service refuses halfway.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -27,6 +28,22 @@ def own_server(tmp_path: Path) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def mounted_through_proxy(
+    server: LiveServer, tmp_path: Path, *extra: str
+) -> Iterator[tuple[FaultProxy, Mount]]:
+    """A mount of `server` through a fault proxy (rules added by the test)."""
+    port = urlsplit(server.base_url).port
+    assert port is not None
+    with proxy_in_thread(FaultProxy(port)) as proxy:
+        m = new_mount(tmp_path, proxy.base_url(), server.new_key())
+        m.start(*extra)
+        try:
+            yield proxy, m
+        finally:
+            m.unmount()
 
 
 def test_server_down_reads_cached_data_and_keeps_writes(
@@ -186,37 +203,30 @@ def test_a_folder_rename_refused_halfway_is_put_back(
     """`mv` of a folder whose second file the service refuses to move: mv fails, and the
     folder is whole where it was, on the server and in the mount. (Left half-moved, the
     new folder exists: mv then moved the old one into it, `z/x/...`, and said nothing.)"""
-    port = urlsplit(live_server.base_url).port
-    assert port is not None
-    with proxy_in_thread(FaultProxy(port)) as proxy:
-        m = new_mount(tmp_path, proxy.base_url(), live_server.new_key())
-        m.start()
-        try:
-            (m.path / "x").mkdir()
-            for name in "123":
-                (m.path / "x" / name).write_bytes(name.encode())
-            move = "/files/storage/file/move"
-            first = proxy.add("delay", move)  # (after no delay: the first file goes through)
-            refused = proxy.add(
-                "respond",
-                move,
-                status=409,
-                body=b'{"error": {"code": "LEGAL_HOLD", "message": "injected"}}',
-            )
-            done = subprocess.run(
-                ["mv", str(m.path / "x"), str(m.path / "z")], capture_output=True, text=True
-            )
-            assert done.returncode != 0
-            assert "Operation not permitted" in done.stderr
-            assert (first.times, refused.times) == (0, 0)
-            assert proxy.count("POST", move) == 3  # 1 moved, 1 refused, 1 moved back
-            stored = sorted(f"{f['folder']}/{f['filename']}" for f in m.remote_files())
-            assert stored == ["x/1", "x/2", "x/3"]
-            assert os.listdir(m.path) == ["x"]
-            assert sorted(os.listdir(m.path / "x")) == ["1", "2", "3"]
-            assert [(m.path / "x" / n).read_bytes() for n in "123"] == [b"1", b"2", b"3"]
-        finally:
-            m.unmount()
+    with mounted_through_proxy(live_server, tmp_path) as (proxy, m):
+        (m.path / "x").mkdir()
+        for name in "123":
+            (m.path / "x" / name).write_bytes(name.encode())
+        move = "/files/storage/file/move"
+        first = proxy.add("delay", move)  # (after no delay: the first file goes through)
+        refused = proxy.add(
+            "respond",
+            move,
+            status=409,
+            body=b'{"error": {"code": "LEGAL_HOLD", "message": "injected"}}',
+        )
+        done = subprocess.run(
+            ["mv", str(m.path / "x"), str(m.path / "z")], capture_output=True, text=True
+        )
+        assert done.returncode != 0
+        assert "Operation not permitted" in done.stderr
+        assert (first.times, refused.times) == (0, 0)
+        assert proxy.count("POST", move) == 3  # 1 moved, 1 refused, 1 moved back
+        stored = sorted(f"{f['folder']}/{f['filename']}" for f in m.remote_files())
+        assert stored == ["x/1", "x/2", "x/3"]
+        assert os.listdir(m.path) == ["x"]
+        assert sorted(os.listdir(m.path / "x")) == ["1", "2", "3"]
+        assert [(m.path / "x" / n).read_bytes() for n in "123"] == [b"1", b"2", b"3"]
 
 
 def test_kill9_while_the_answer_to_an_upload_of_a_file_changed_since_is_on_its_way(
@@ -226,25 +236,18 @@ def test_kill9_while_the_answer_to_an_upload_of_a_file_changed_since_is_on_its_w
     mount is killed: the next mount deletes that older version and sends the newer, so
     the file is on the server once, with its last bytes (it was there twice: the older
     object could not be told by its bytes)."""
-    port = urlsplit(live_server.base_url).port
-    assert port is not None
-    with proxy_in_thread(FaultProxy(port)) as proxy:
-        m = new_mount(tmp_path, proxy.base_url(), live_server.new_key())
-        m.start("--write-back", "0")
-        try:
-            slow = proxy.add("delay", "/v1/upload", method="POST", delay=60)
-            (m.path / "f").write_bytes(b"first")
-            wait_for(lambda: len(m.remote_files()) == 1, 20, "the first upload stored")
-            with open(m.path / "f", "ab") as f:
-                f.write(b" and more")
-            m.kill9()
-            assert slow.times == 0  # (its answer never came)
-            m.start()
-            whole = [b"first and more"]
-            wait_for(lambda: [m.remote_bytes(f) for f in m.remote_files()] == whole, 20, "f")
-            assert (m.path / "f").read_bytes() == whole[0]
-        finally:
-            m.unmount()
+    with mounted_through_proxy(live_server, tmp_path, "--write-back", "0") as (proxy, m):
+        slow = proxy.add("delay", "/v1/upload", method="POST", delay=60)
+        (m.path / "f").write_bytes(b"first")
+        wait_for(lambda: len(m.remote_files()) == 1, 20, "the first upload stored")
+        with open(m.path / "f", "ab") as f:
+            f.write(b" and more")
+        m.kill9()
+        assert slow.times == 0  # (its answer never came)
+        m.start()
+        whole = [b"first and more"]
+        wait_for(lambda: [m.remote_bytes(f) for f in m.remote_files()] == whole, 20, "f")
+        assert (m.path / "f").read_bytes() == whole[0]
 
 
 def test_an_upload_whose_answer_is_lost_and_cannot_be_looked_up_is_stored_once(
@@ -253,22 +256,15 @@ def test_an_upload_whose_answer_is_lost_and_cannot_be_looked_up_is_stored_once(
     """The service stores the upload, its answer is lost, and the look that would tell
     whether it landed fails too: cp fails (EIO), the mount keeps the bytes, and its
     retry finds that object instead of sending a second one beside it."""
-    port = urlsplit(live_server.base_url).port
-    assert port is not None
-    with proxy_in_thread(FaultProxy(port)) as proxy:
-        m = new_mount(tmp_path, proxy.base_url(), live_server.new_key())
-        m.start()
-        try:
-            proxy.add("drop_response", "/v1/upload", method="POST")
-            look = proxy.add("respond", "/files/storage/file/", method="GET", times=10_000)
-            done = subprocess.run(["cp", "/proc/self/status", str(m.path / "f")], stderr=PIPE)
-            assert done.returncode != 0
-            assert b"Input/output error" in done.stderr
-            kept = (m.path / "f").read_bytes()
-            look.times = 0  # the service answers again
-            wait_for(lambda: len(m.remote_files()) == 1, 20, "the retry")
-            m.unmount()  # (any upload still pending goes now)
-            [stored] = m.remote_files()
-            assert m.remote_bytes(stored) == kept
-        finally:
-            m.unmount()
+    with mounted_through_proxy(live_server, tmp_path) as (proxy, m):
+        proxy.add("drop_response", "/v1/upload", method="POST")
+        look = proxy.add("respond", "/files/storage/file/", method="GET", times=10_000)
+        done = subprocess.run(["cp", "/proc/self/status", str(m.path / "f")], stderr=PIPE)
+        assert done.returncode != 0
+        assert b"Input/output error" in done.stderr
+        kept = (m.path / "f").read_bytes()
+        look.times = 0  # the service answers again
+        wait_for(lambda: len(m.remote_files()) == 1, 20, "the retry")
+        m.unmount()  # (any upload still pending goes now)
+        [stored] = m.remote_files()
+        assert m.remote_bytes(stored) == kept

@@ -300,6 +300,11 @@ class AnswerLost(MemRemote):
         self.down = True
         raise Unavailable("connection dropped", status=503)
 
+    async def stored_unanswered(self) -> None:
+        with trio.fail_after(5):
+            while not self.landed:
+                await trio.sleep(0.01)
+
 
 async def written_then_cut_off(remote: MemRemote, cache: Path, data: bytes) -> None:
     """Write `f` (write-back), and a mount that ends with the service down: its row stays."""
@@ -851,9 +856,7 @@ async def test_an_upload_retried_after_its_answer_was_lost_leaves_one_object(
     remote = AnswerLost()
     async with mounted_ops(remote, tmp_path / "cache", write_back=0.0) as fs:
         await fs.write_file("f", b"first")
-        with trio.fail_after(5):
-            while not remote.landed:
-                await trio.sleep(0.01)
+        await remote.stored_unanswered()
         if changed:
             await fs.write_file("f", b"second")
         remote.upload = super(AnswerLost, remote).upload  # type: ignore[method-assign]
@@ -875,9 +878,7 @@ async def test_a_file_removed_after_its_upload_s_answer_was_lost_does_not_come_b
     remote = AnswerLost()
     async with mounted_ops(remote, tmp_path / "cache", write_back=0.0) as fs:
         await fs.write_file("f", b"bytes")
-        with trio.fail_after(5):
-            while not remote.landed:
-                await trio.sleep(0.01)
+        await remote.stored_unanswered()
         with pytest.raises(pyfuse3.FUSEError) as refused:
             await fs.unlink("f")
         assert refused.value.errno == errno.EIO

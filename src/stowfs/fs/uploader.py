@@ -359,26 +359,34 @@ class Uploader:
 
     async def _earlier_attempt(self, staged: Staged, folder: str, name: str) -> RemoteFile | None:
         """The object an earlier attempt stored unbeknown (its answer lost as the service
-        went down): the upload itself, while it holds these bytes at this place; else it
-        goes, before another lands beside it. None: there is none (any more)."""
+        went down), if it is the upload of these bytes to this place; None: there is none
+        (any more)."""
         key = staged.attempt
-        if key is None:
-            return None
-        if not self.remote.capabilities.list:  # (a drop folder cannot look)
+        found = None
+        if key is not None and self.remote.capabilities.list:  # (a drop folder cannot look)
+            found = await self._claim(key, folder, name, staged.path, staged.size)
+        if found is None:
             staged.attempt = None
-            return None
+        else:
+            log.info("%s: an earlier attempt had landed, its answer lost", name)
+        return found
+
+    async def _claim(
+        self, key: str, folder: str, name: str, source: Path, size: int
+    ) -> RemoteFile | None:
+        """The object an upload attempt named (`key`), if it stored it: the upload of
+        `source` to folder/name while it holds those bytes there; otherwise it is deleted
+        (older bytes, or an older place: kept, it would show as a second file)."""
         try:
             file = await self.remote.stat(key)
         except NotFound:
-            staged.attempt = None
             return None
-        if (file.folder, file.name, file.size) == (folder, name, staged.size) and (
-            file.checksum == await md5_file(staged.path)
+        if (file.folder, file.name, file.size) == (folder, name, size) and (
+            file.checksum == await md5_file(source)
         ):
-            log.info("%s: an earlier attempt had landed, its answer lost", name)
             return file
-        await self.delete(key)
-        staged.attempt = None
+        await self._delete_listed(file.folder, key)
+        log.info("%s: an object an earlier upload of it stored is deleted", file.path)
         return None
 
     async def _upload(
@@ -775,32 +783,25 @@ class Uploader:
         object that upload named is deleted, if it stored it (else the file came back).
         That key only: a file of that name made since, of the same bytes, is not it."""
         if entry.sending is not None:
-            await self._delete_listed(entry, entry.sending)
+            await self._delete_listed(entry.folder, entry.sending)
             log.info("%s/%s, removed while it went up, is deleted", entry.folder, entry.name)
         await self._finish(entry)
 
-    async def _delete_listed(self, entry: Entry, key: str) -> None:
-        """Delete an object of the row's folder, which a listing may hold already."""
+    async def _delete_listed(self, folder: str, key: str) -> None:
+        """Delete an object of `folder`, which a listing may hold already."""
         await self.delete(key)
-        shown = self.tree.find_dir(entry.folder)
+        shown = self.tree.find_dir(folder)
         if shown is not None:
             self.tree.expire(shown)  # listed with it (by another row of this pass)
 
     async def _superseded(self, entry: Entry, stat: os.stat_result) -> None:
         """Delete the object that an upload under way at the crash may have stored of an
-        older state of the row's file (changed while it went): kept, it would show as a
-        second file of the name. One of the row's very bytes is left to `_landed`."""
+        older state of the row's file (changed while it went), or at an older place:
+        kept, it would show as a second file. One of the row's very bytes and place is
+        left to `_landed`."""
         key = entry.sending
-        if key is None or key == entry.replaces or not self.remote.capabilities.list:
-            return  # (a drop folder shows only what its record holds)
-        try:
-            file = await self.remote.stat(key)
-        except NotFound:
-            return
-        if file.size == stat.st_size and file.checksum == await md5_file(entry.staging):
-            return
-        await self._delete_listed(entry, key)
-        log.info("%s/%s: an older version an upload stored is deleted", entry.folder, entry.name)
+        if key is not None and key != entry.replaces and self.remote.capabilities.list:
+            await self._claim(key, entry.folder, entry.name, entry.staging, stat.st_size)
 
     async def _files_in(
         self, folder: str, shown: Node | None, listings: dict[str, list[RemoteFile]]
