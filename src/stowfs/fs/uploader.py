@@ -880,9 +880,7 @@ class Uploader:
         await self._quiet.wait()  # the uploads under way end first (their swaps too)
         for node in self.pending_nodes():
             await self.record(node)
-        await self._leftovers()
-        if self._retired:
-            log.warning("%d object(s) to delete are left journaled", len(self._retired))
+        await self._resume_orphans()
         left = len(self._orphans)
         pending = self.pending_nodes()
         for n, node in enumerate(pending):
@@ -894,7 +892,12 @@ class Uploader:
                 log.warning("upload of %s failed at unmount: %s", node.name, exc)
                 left += 1
                 if isinstance(exc, Unavailable):  # the rest stay journaled, not tried in vain
-                    return left + len(pending) - n - 1
+                    left += len(pending) - n - 1
+                    break
+        else:
+            await self._delete_retired()  # (the service answers: the bytes went first)
+        if self._retired:
+            log.warning("%d object(s) to delete are left journaled", len(self._retired))
         return left
 
 
