@@ -241,3 +241,21 @@ async def test_a_web_page_is_not_a_storage_service(open_client: Open, proxy: Fau
         await client.verify()
     with pytest.raises(errors.ProtocolError):
         await client.list_folders()
+
+
+async def test_an_answer_cut_in_its_body_is_a_broken_connection(
+    open_client: Open, proxy: FaultProxy, folder: str, make_file: MakeFile
+) -> None:
+    """The server dies while it sends an answer's body: a call safe to repeat is repeated,
+    an upload's answer lost so is settled by looking. httpx's own error escaped instead,
+    and ended the mount that made the call."""
+    client = await open_client(url=proxy.base_url())
+    cuts = [
+        proxy.add("cut_body", "/files/upload-url", after_bytes=10),
+        proxy.add("cut_body", "/v1/upload", method="POST", after_bytes=10),
+    ]
+    file = await client.upload(make_file(5000), folder, "f.bin")
+    cuts.append(proxy.add("cut_body", "/files/storage/file/metadata", after_bytes=5))
+    assert (await client.patch_metadata(file.key, {"seed": 1})).metadata["seed"] == 1
+    assert [r.times for r in cuts] == [0, 0, 0]
+    assert [f.key for f in await client.list_folder(folder)] == [file.key]

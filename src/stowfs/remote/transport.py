@@ -190,7 +190,6 @@ class Transport:
         async with self._send(
             method, path, params, json, body, headers, idempotent, accept, accept_on_retry, slow
         ) as response:
-            await response.aread()
             return response
 
     async def call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
@@ -204,7 +203,17 @@ class Transport:
         """A response whose body is read by the caller; 403 and 416 are handed back, not
         raised, so the download path can renew its URL or stop at EOF."""
         async with self._send(
-            method, url, None, None, None, headers, True, frozenset({403, 416}), frozenset(), False
+            method,
+            url,
+            None,
+            None,
+            None,
+            headers,
+            True,
+            frozenset({403, 416}),
+            frozenset(),
+            False,
+            streamed=True,
         ) as response:
             yield response
 
@@ -221,7 +230,12 @@ class Transport:
         accept: frozenset[int],
         accept_on_retry: frozenset[int],
         slow: bool,
+        *,
+        streamed: bool = False,
     ) -> AsyncIterator[httpx.Response]:
+        """Send with retries. Unless `streamed` (the caller reads the body, and resumes
+        it), the body is read here: a connection broken in the middle of it is one broken
+        before the answer, retried where that is safe."""
         url = self.url(path)
         what = describe(method, url)
         safe = idempotent if idempotent is not None else method in ("GET", "HEAD", "PUT", "DELETE")
@@ -248,7 +262,7 @@ class Transport:
             failure: errors.RemoteError
             hint: float | None = None
             try:
-                response = await self.client.send(request, stream=True)
+                response = await self.client.send(request, stream=streamed)
             except _NOT_SENT as exc:
                 failure = errors.Unavailable(f"{what}: cannot connect ({type(exc).__name__})")
             except httpx.TransportError as exc:
