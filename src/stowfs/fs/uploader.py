@@ -575,6 +575,8 @@ class Uploader:
             log.warning("resuming %d journaled upload(s) of an earlier mount", len(self._orphans))
         if not self.read_only:
             self._retired = set(await trio.to_thread.run_sync(self.journal.deletes))
+            for key in self._retired:  # gone for this mount too, before its first listing
+                self.tree.deleted(key)
         stray = await trio.to_thread.run_sync(staging.sweep, self.staging_dir, keep)
         if stray:
             log.info("removed %d staging file(s) of writes never closed", stray)
