@@ -192,9 +192,12 @@ class Refusable(Model):
         fn(self.ref)
 
 
-def test_random_work_on_a_tree_with_the_server_stopped_at_times(tmp_path: Path) -> None:
-    """Uploads fail and are retried, answers are lost as the server stops (seed 9 left
-    a file twice on the server: a retry sent again what had landed unanswered)."""
+@pytest.mark.parametrize("killed", [False, True], ids=["unmount", "kill-9"])
+def test_random_work_on_a_tree_with_the_server_stopped_at_times(
+    tmp_path: Path, killed: bool
+) -> None:
+    """Uploads fail and are retried, answers are lost as the server stops, the mount may
+    be killed at a remount."""
     server = start_server(tmp_path / "srv")
     port = server.base_url.rsplit(":", 1)[1].split("/")[0]
     rng = random.Random(78)
@@ -210,7 +213,10 @@ def test_random_work_on_a_tree_with_the_server_stopped_at_times(tmp_path: Path) 
                 server.stop()
             model.step()
             if remount:
-                m.unmount()
+                if killed:
+                    m.kill9()
+                else:
+                    m.unmount()
                 m.start("--write-back", "0")
                 model.check()
         m.unmount()
