@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 # uploads.unlinked: 1 when the file was removed while its upload was under way: the row
 # stays until the object that upload may make is deleted (after a crash: by the next mount).
 # uploads.sending: the key of the object an upload (under way, or failed with its outcome
-# unknown) may have stored, once the staged bytes changed since it began: after a crash,
-# the next mount knows that object for an older state of this file (it cannot tell it by
-# its bytes), not for another file of the name.
+# unknown) may have stored, once the staged bytes changed since it began or the file was
+# removed: after a crash, the next mount knows that object for an older state of this
+# file, or for the removed one (it cannot tell it by its bytes), not for another file of
+# the name.
 # Journals written before these columns had none: they are added on open.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
