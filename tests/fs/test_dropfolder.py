@@ -10,6 +10,7 @@ import pyfuse3
 import pytest
 import trio
 
+from stowfs.fs.journal import Journal, JournalError
 from stowfs.fs.operations import DROP_SWEEP
 from stowfs.fs.tree import ROOT
 from tests.fs.harness import FS, gated, mounted_ops
@@ -107,3 +108,67 @@ async def test_images_whose_url_expired_leave_the_drop_folder(
 
 def _records(fs: FS) -> list[dict[str, object]]:
     return sorted(({"name": f.name} for f in fs.ops.journal.drops()), key=str)
+
+
+async def test_a_drop_folder_lists_its_record_after_a_pass_over_an_earlier_mount_s_rows(
+    tmp_path: Path,
+) -> None:
+    """Its record is its listing: the pass over an earlier mount's rows expired the
+    folder's listing as on a service that lists, and `ls` then failed (ENOTSUP)."""
+    remote = MemRemote(WRITE_ONLY)
+    cache = tmp_path / "c"
+    stored = remote.put("", "gone.png", b"1")  # by an upload under way at its removal
+    (cache / "staging").mkdir(parents=True)
+    (cache / "staging" / "s").write_bytes(b"1")
+    journal = Journal(cache / "journal.db")
+    entry = journal.record(None, cache / "staging" / "s", "", "gone.png", None, {}, size=1)
+    journal.sending(entry, stored.key)
+    journal.unlinked(entry)
+    journal.close()
+    async with mounted_ops(remote, cache) as fs:
+        await fs.write_file("kept.png", b"2")
+        assert await fs.listdir() == ["kept.png"]
+    assert remote.calls["list_folder"] == remote.calls["list_folders"] == 0
+
+
+async def test_a_drop_folder_s_record_swaps_a_rewritten_file_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new upload goes into the record in place of the old one, in one write: two
+    (the new recorded, then the old removed) left both after a crash between, and the
+    file showed twice."""
+    remote = MemRemote(WRITE_ONLY)
+    cache = tmp_path / "c"
+    async with mounted_ops(remote, cache) as fs:
+        await fs.write_file("one.png", b"1")
+
+        def crash(self: Journal, key: str) -> None:
+            raise JournalError(errno.EIO, "the mount died here")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(Journal, "remove_drop", crash)
+            await fs.write_file("one.png", b"one again")
+    async with mounted_ops(remote, cache) as fs:
+        assert await fs.listdir() == ["one.png"]
+        assert await fs.read_file("one.png") == b"one again"
+
+
+async def test_a_drop_folder_takes_an_earlier_mount_s_recorded_upload_for_landed(
+    tmp_path: Path,
+) -> None:
+    """A crash after the upload went into the record, before its row went: the next
+    mount finds it in the record instead of sending it again beside it."""
+    remote = MemRemote(WRITE_ONLY)
+    cache = tmp_path / "c"
+    (cache / "staging").mkdir(parents=True)
+    (cache / "staging" / "s").write_bytes(b"bytes")
+    landed = remote.put("", "one.png", b"bytes")
+    journal = Journal(cache / "journal.db")
+    journal.add_drop(landed)
+    journal.record(None, cache / "staging" / "s", "", "one.png", None, {}, size=5)
+    journal.close()
+    async with mounted_ops(remote, cache) as fs:
+        assert await fs.listdir() == ["one.png"]
+        assert await fs.ops.uploader.drain() == 0
+        assert await fs.listdir() == ["one.png"]
+    assert remote.calls["upload"] == 0

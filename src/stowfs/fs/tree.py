@@ -318,8 +318,9 @@ class Tree:
     @staticmethod
     def expire(node: Node) -> None:
         """List the folder again at its next look; until then, and offline, what it
-        shows stays (a folder never listed stays so)."""
-        if node.listed_at is not None:
+        shows stays (a folder never listed stays so, and a drop folder, whose listing is
+        the mount's own record: listed for good)."""
+        if node.listed_at is not None and node.listed_at != math.inf:
             node.listed_at = node.offline_at = -math.inf
 
     async def refresh(self, node: Node, *, force: bool = False) -> None:
