@@ -223,7 +223,9 @@ class Journal:
         ]
 
     # -- drop folder -------------------------------------------------------------------
-    def add_drop(self, file: RemoteFile) -> None:
+    def add_drop(self, file: RemoteFile, replaces: str | None = None) -> None:
+        """Record an upload, in place of the object it `replaces` (at once: a crash
+        between the two would leave both, the file shown twice)."""
         record = {
             "key": file.key,
             "folder": file.folder,
@@ -240,10 +242,18 @@ class Journal:
             "url_expires": file.url_expires,
         }
         with self._lock, _writing():
-            self._conn.execute(
-                "INSERT OR REPLACE INTO drops (key, record) VALUES (?, ?)",
-                (file.key, json.dumps(record)),
-            )
+            self._conn.execute("BEGIN")  # (the connection commits each statement alone)
+            try:
+                if replaces is not None and replaces != file.key:
+                    self._conn.execute("DELETE FROM drops WHERE key=?", (replaces,))
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO drops (key, record) VALUES (?, ?)",
+                    (file.key, json.dumps(record)),
+                )
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def remove_drop(self, key: str) -> None:
         with self._lock, _writing():

@@ -503,7 +503,7 @@ class Uploader:
         if kept or node.kernel_version is None:
             node.kernel_version = node.version  # the kernel holds exactly these bytes
         if self.drop_folder:
-            await self.journaled(new.name, self.journal.add_drop, new)
+            await self.journaled(new.name, self.journal.add_drop, new, old and old.key)
         if old is not None and old.key != new.key:
             await self.retire(old.key)
 
@@ -770,7 +770,7 @@ class Uploader:
                 lambda: entry.public,
             )
         if self.drop_folder:
-            await self.journaled(new.name, self.journal.add_drop, new)
+            await self.journaled(new.name, self.journal.add_drop, new, entry.replaces)
         if entry.replaces and entry.replaces != new.key:
             await self.delete(entry.replaces)
         await self._finish(entry)
@@ -810,10 +810,10 @@ class Uploader:
     ) -> list[RemoteFile]:
         """The files of a remote folder: those its directory shows (`shown`), else those
         of a listing (the folder is not below the mount's root)."""
-        if not self.remote.capabilities.list:
-            return []  # a drop folder cannot look: its record has what landed
-        if shown is not None:
+        if shown is not None:  # (a drop folder's: its record, what landed)
             return [c.file for c in self.tree.children(shown) if c.file is not None]
+        if not self.remote.capabilities.list:
+            return []  # a drop folder cannot look further
         if folder not in listings:
             listings[folder] = await self.remote.list_folder(folder)
         return listings[folder]
