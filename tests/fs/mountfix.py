@@ -140,6 +140,14 @@ class Mount:
             wait_for(lambda: not _alive(self.pid), timeout, "the mount process")  # type: ignore[arg-type]
             self.pid = None
 
+    def restart(self, *extra: str, killed: bool) -> None:
+        """Mount again, after a clean unmount or (`killed`) a kill -9."""
+        if killed:
+            self.kill9()
+        else:
+            self.unmount()
+        self.start(*extra)
+
     def kill9(self, *, clean_up: bool = True) -> None:
         """kill -9 the mount; `clean_up`: also detach the dead mount as a user would."""
         assert self.proc is not None

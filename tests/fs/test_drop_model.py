@@ -37,11 +37,7 @@ def test_random_work_in_a_drop_folder_matches_a_model(
                 os.unlink(m.path / name)
                 del model[name]
             elif op == "restart":
-                if rng.random() < 0.5:
-                    m.kill9()
-                else:
-                    m.unmount()
-                m.start(*options)
+                m.restart(*options, killed=rng.random() < 0.5)
             shown = {p.name: p.stat().st_size for p in m.path.iterdir()}
             assert shown == {k: len(v) for k, v in model.items()}
         m.unmount()

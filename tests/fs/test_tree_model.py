@@ -155,11 +155,7 @@ def test_random_work_on_a_tree_matches_a_reference(
             model.step()
             if n % 30 == 29:
                 model.release()
-                if killed:
-                    m.kill9()
-                else:
-                    m.unmount()
-                m.start(*extra)
+                m.restart(*extra, killed=killed)
                 model.check()
         model.release()
         model.check()
@@ -213,11 +209,7 @@ def test_random_work_on_a_tree_with_the_server_stopped_at_times(
                 server.stop()
             model.step()
             if remount:
-                if killed:
-                    m.kill9()
-                else:
-                    m.unmount()
-                m.start("--write-back", "0")
+                m.restart("--write-back", "0", killed=killed)
                 model.check()
         m.unmount()
         files = {p: v for p, v in snapshot(model.ref).items() if v is not None}
