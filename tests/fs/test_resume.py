@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from stowfs.errors import Unavailable
-from stowfs.fs.journal import Journal, JournalError, Progress
+from stowfs.fs.journal import Entry, Journal, JournalError, Progress
 from stowfs.remote.base import (
     CheckpointHook,
     KeyHook,
@@ -136,13 +136,15 @@ async def retried(remote: MemRemote, path: str) -> None:
     raise AssertionError(f"{path} was never stored")
 
 
+def rows(cache: Path) -> list[Entry]:
+    """The rows the journal in `cache` holds now."""
+    with contextlib.closing(Journal(cache / "journal.db")) as journal:
+        return journal.pending()
+
+
 def sending(cache: Path) -> list[str | None]:
     """The key each journaled upload names as the one its upload under way may store."""
-    journal = Journal(cache / "journal.db")
-    try:
-        return [entry.sending for entry in journal.pending()]
-    finally:
-        journal.close()
+    return [entry.sending for entry in rows(cache)]
 
 
 def stored_key(remote: MemRemote) -> str:
@@ -152,11 +154,7 @@ def stored_key(remote: MemRemote) -> str:
 
 def journaled(cache: Path) -> list[str]:
     """The names of the uploads the journal in `cache` still holds."""
-    journal = Journal(cache / "journal.db")
-    try:
-        return [entry.name for entry in journal.pending()]
-    finally:
-        journal.close()
+    return [entry.name for entry in rows(cache)]
 
 
 def stored(remote: MemRemote, path: str) -> RemoteFile:
@@ -810,7 +808,7 @@ async def test_a_removed_file_s_staging_file_stays_while_its_row_does(
         try:
             node = fs.ops.tree.nodes[inode]
             await fs.ops.forget([(inode, node.lookups)])
-            [entry] = Journal(cache / "journal.db").pending()
+            [entry] = rows(cache)
             assert entry.unlinked
             assert entry.staging.exists()
         finally:
@@ -892,11 +890,8 @@ async def test_a_file_removed_after_its_upload_s_answer_was_lost_does_not_come_b
 
 
 def to_delete(cache: Path) -> list[str]:
-    journal = Journal(cache / "journal.db")
-    try:
+    with contextlib.closing(Journal(cache / "journal.db")) as journal:
         return journal.deletes()
-    finally:
-        journal.close()
 
 
 async def test_a_replaced_object_the_service_cannot_delete_yet_goes_later(
